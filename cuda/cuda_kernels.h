@@ -1,0 +1,19 @@
+// CUDA kernels: host-side launchers called by the CUDA FFI handlers
+// (ffi_cuda.cc). Each launches on the given stream only, allocates nothing,
+// never synchronizes, and returns an empty string on success, else a message.
+#ifndef JAX_DEQUANT_CUDA_KERNELS_H_
+#define JAX_DEQUANT_CUDA_KERNELS_H_
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "problem.h"
+
+namespace jdq::cuda {
+
+std::string Dequantize(const DequantizeProblem& problem, cudaStream_t stream);
+
+}  // namespace jdq::cuda
+
+#endif  // JAX_DEQUANT_CUDA_KERNELS_H_

@@ -1,0 +1,116 @@
+// Decoding of XLA FFI buffers into kernel problems, shared by the CPU and CUDA
+// handlers. The Python layer validates every argument before anything is
+// lowered; these checks are the last line of defence so that no buffer can
+// reach a kernel that would read or write out of bounds.
+#ifndef JAX_DEQUANT_FFI_COMMON_H_
+#define JAX_DEQUANT_FFI_COMMON_H_
+
+#include <cstdint>
+#include <string>
+
+#include "problem.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jdq {
+
+namespace ffi = xla::ffi;
+
+inline DType ToDType(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::S8:
+      return DType::kS8;
+    case ffi::DataType::U8:
+      return DType::kU8;
+    case ffi::DataType::S32:
+      return DType::kS32;
+    case ffi::DataType::F16:
+      return DType::kF16;
+    case ffi::DataType::BF16:
+      return DType::kBF16;
+    case ffi::DataType::F32:
+      return DType::kF32;
+    case ffi::DataType::F64:
+      return DType::kF64;
+    default:
+      return DType::kInvalid;
+  }
+}
+
+// Number of rows of an array [..., D]: the product of its leading dimensions.
+inline int64_t LeadingElements(const ffi::AnyBuffer& buffer) {
+  int64_t rows = 1;
+  const auto dims = buffer.dimensions();
+  for (size_t i = 0; i + 1 < dims.size(); ++i) rows *= dims[i];
+  return rows;
+}
+
+inline bool SameDimensions(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
+  const auto da = a.dimensions();
+  const auto db = b.dimensions();
+  if (da.size() != db.size()) return false;
+  for (size_t i = 0; i < da.size(); ++i) {
+    if (da[i] != db[i]) return false;
+  }
+  return true;
+}
+
+// Reads the optional per-row int32 zero point (absent: symmetric).
+inline ffi::ErrorOr<const int32_t*> DecodeZeroPoint(const ffi::RemainingArgs& extra, int64_t rows,
+                                                   const char* op) {
+  if (extra.size() == 0) return static_cast<const int32_t*>(nullptr);
+  if (extra.size() > 1) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(op) +
+                                                       ": expected at most one zero_point operand"));
+  }
+  auto zero_point = extra.get<ffi::AnyBuffer>(0);
+  if (zero_point.has_error()) return ffi::Unexpected(zero_point.error());
+  if (zero_point->element_type() != ffi::DataType::S32 ||
+      static_cast<int64_t>(zero_point->element_count()) != rows) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        std::string(op) + ": zero_point must be int32 with one value per row (" +
+        std::to_string(rows) + " rows)"));
+  }
+  return static_cast<const int32_t*>(zero_point->untyped_data());
+}
+
+inline ffi::ErrorOr<DequantizeProblem> DecodeDequantize(const ffi::AnyBuffer& q,
+                                                        const ffi::AnyBuffer& scale,
+                                                        const ffi::RemainingArgs& extra,
+                                                        const ffi::AnyBuffer& out) {
+  if (q.dimensions().size() < 1) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("dequantize_per_token: q must have rank >= 1"));
+  }
+  if (!SameDimensions(q, out)) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("dequantize_per_token: output shape must equal q's shape"));
+  }
+  DequantizeProblem p;
+  p.rows = LeadingElements(q);
+  p.cols = q.dimensions().back();
+  if (static_cast<int64_t>(scale.element_count()) != p.rows) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "dequantize_per_token: scale must hold one value per row (" + std::to_string(p.rows) +
+        " rows), got " + std::to_string(scale.element_count())));
+  }
+  auto zero_point = DecodeZeroPoint(extra, p.rows, "dequantize_per_token");
+  if (zero_point.has_error()) return ffi::Unexpected(zero_point.error());
+  p.q_type = ToDType(q.element_type());
+  p.scale_type = ToDType(scale.element_type());
+  p.out_type = ToDType(out.element_type());
+  p.q = q.untyped_data();
+  p.scale = scale.untyped_data();
+  p.zero_point = *zero_point;
+  p.out = out.untyped_data();
+  return p;
+}
+
+// Kernels report failure as a message; an empty message is success.
+inline ffi::Error ToError(const std::string& message) {
+  if (message.empty()) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(message);
+}
+
+}  // namespace jdq
+
+#endif  // JAX_DEQUANT_FFI_COMMON_H_

@@ -1,0 +1,9 @@
+// CPU FFI handler symbols, registered with XLA by module.cc.
+#ifndef JAX_DEQUANT_FFI_CPU_H_
+#define JAX_DEQUANT_FFI_CPU_H_
+
+#include "xla/ffi/api/api.h"
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCpu);
+
+#endif  // JAX_DEQUANT_FFI_CPU_H_

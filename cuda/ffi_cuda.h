@@ -1,0 +1,10 @@
+// CUDA FFI handler symbols, registered with XLA by module.cc when the library
+// is built with CUDA.
+#ifndef JAX_DEQUANT_FFI_CUDA_H_
+#define JAX_DEQUANT_FFI_CUDA_H_
+
+#include "xla/ffi/api/api.h"
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCuda);
+
+#endif  // JAX_DEQUANT_FFI_CUDA_H_

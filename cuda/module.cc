@@ -1,0 +1,55 @@
+// The nanobind extension `jax_dequant._jax_dequant_ffi`: exports the FFI
+// handlers as capsules for jax.ffi.register_ffi_target, and what the library
+// was built with.
+#include <nanobind/nanobind.h>
+
+#include "ffi_cpu.h"
+#if JAX_DEQUANT_WITH_CUDA
+#include "ffi_cuda.h"
+#endif
+
+namespace nb = nanobind;
+
+namespace {
+
+template <typename T>
+nb::capsule EncapsulateFfiHandler(T* handler) {
+  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>,
+                "Encapsulated function must be an XLA FFI handler");
+  return nb::capsule(reinterpret_cast<void*>(handler));
+}
+
+}  // namespace
+
+NB_MODULE(_jax_dequant_ffi, m) {
+  m.doc() = "XLA FFI handlers of jax_dequant (CPU, and CUDA when built with it).";
+
+  m.def(
+      "registrations",
+      []() {
+        nb::dict cpu;
+        cpu["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCpu);
+        nb::dict cuda;
+#if JAX_DEQUANT_WITH_CUDA
+        cuda["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCuda);
+#endif
+        nb::dict by_platform;
+        by_platform["cpu"] = cpu;
+        by_platform["CUDA"] = cuda;
+        return by_platform;
+      },
+      "FFI handler capsules by XLA platform name, then by target name.");
+
+  m.def(
+      "build_info",
+      []() {
+        nb::dict info;
+        info["with_cuda"] = bool(JAX_DEQUANT_WITH_CUDA);
+        info["cuda_architectures"] = JAX_DEQUANT_CUDA_ARCHITECTURES;
+        info["jaxlib_version"] = JAX_DEQUANT_JAXLIB_VERSION;
+        info["ffi_api_version"] = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
+        return info;
+      },
+      "What this library was built with: CUDA on or off, CUDA architectures, the jaxlib whose "
+      "FFI headers it was compiled against, and that FFI API version.");
+}

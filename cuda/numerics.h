@@ -1,0 +1,136 @@
+// The numerics contract (SPEC.md, "Numerics") as scalar functions that compile
+// for the host and for CUDA devices, so the CPU and GPU kernels evaluate the
+// same expression with the same roundings.
+//
+// Every multiply and add goes through mul_rn/add_rn/sub_rn: on the device these
+// are the round-to-nearest intrinsics that nvcc never contracts into an FMA; on
+// the host the library is built with -ffp-contract=off.
+#ifndef JAX_DEQUANT_NUMERICS_H_
+#define JAX_DEQUANT_NUMERICS_H_
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define JDQ_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define JDQ_HOST_DEVICE inline
+#endif
+
+namespace jdq {
+
+// Conversions between a storage type and the compute type C. Each platform
+// specializes this for its 16-bit float types (cpu_types.h, cuda_types.cuh).
+template <typename T, typename Enable = void>
+struct Convert {
+  template <typename C>
+  static JDQ_HOST_DEVICE C ToCompute(T value) {
+    return static_cast<C>(value);
+  }
+  template <typename C>
+  static JDQ_HOST_DEVICE T FromCompute(C value) {
+    return static_cast<T>(value);
+  }
+};
+
+// C = float64 when the output or the scale is float64, else float32.
+template <typename ScaleT, typename OutT>
+using ComputeType =
+    std::conditional_t<std::is_same_v<ScaleT, double> || std::is_same_v<OutT, double>, double,
+                       float>;
+
+JDQ_HOST_DEVICE float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+JDQ_HOST_DEVICE double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+JDQ_HOST_DEVICE float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+JDQ_HOST_DEVICE double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+JDQ_HOST_DEVICE float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+JDQ_HOST_DEVICE double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+// Correctly rounded reciprocal, once per row.
+JDQ_HOST_DEVICE float reciprocal_rn(float a) {
+#if defined(__CUDA_ARCH__)
+  return __frcp_rn(a);
+#else
+  return 1.0f / a;
+#endif
+}
+JDQ_HOST_DEVICE double reciprocal_rn(double a) {
+#if defined(__CUDA_ARCH__)
+  return __drcp_rn(a);
+#else
+  return 1.0 / a;
+#endif
+}
+
+// Round half to even. On the host this is the 2^p trick (exact for p-bit
+// significands, vectorizable with plain SSE2, independent of the libm).
+template <typename C>
+JDQ_HOST_DEVICE C round_half_even(C value) {
+#if defined(__CUDA_ARCH__)
+  return rint(value);
+#else
+  constexpr C kTwoToP = std::is_same_v<C, double> ? C(4503599627370496.0) : C(8388608.0f);
+  const C magnitude = std::fabs(value);
+  const C rounded = magnitude < kTwoToP ? (magnitude + kTwoToP) - kTwoToP : magnitude;
+  return std::copysign(rounded, value);
+#endif
+}
+
+// Dequantize one value: (q - zp) * scale in C, one rounding to the output
+// type happens in the caller's Convert<Out>::FromCompute.
+template <typename C>
+JDQ_HOST_DEVICE C dequantize_value(C q, C zero_point, C scale) {
+  return mul_rn(sub_rn(q, zero_point), scale);
+}
+
+// Quantize one value: clamp(rne(x * r + zp), qmin, qmax) with two roundings.
+// +-inf saturate; NaN acts as 0, i.e. it maps to clamp(zp, qmin, qmax).
+template <typename C>
+JDQ_HOST_DEVICE int32_t quantize_value(C x, C reciprocal, C zero_point, C qmin, C qmax) {
+  C level = round_half_even(add_rn(mul_rn(x, reciprocal), zero_point));
+  if (level != level) level = zero_point;
+  level = level < qmin ? qmin : level;
+  level = level > qmax ? qmax : level;
+  return static_cast<int32_t>(level);
+}
+
+}  // namespace jdq
+
+#endif  // JAX_DEQUANT_NUMERICS_H_

@@ -1,0 +1,25 @@
+"""jax_dequant: per-token (per-row) int8/uint8 quantization for JAX.
+
+The ops run our own CUDA and C++ kernels, registered with XLA as typed FFI
+custom calls and exposed as JAX primitives. ``jax_dequant.reference`` holds the
+jnp reference of each op (the numerics contract, exactly).
+"""
+
+from jax_dequant import reference
+from jax_dequant._config import current_implementation, use_implementation
+from jax_dequant._native import BUILD_INFO, KERNEL_PLATFORMS
+from jax_dequant.dequantize import dequantize_per_token
+from jax_dequant.plan import KernelPlan, kernel_plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILD_INFO",
+    "KERNEL_PLATFORMS",
+    "KernelPlan",
+    "current_implementation",
+    "dequantize_per_token",
+    "kernel_plan",
+    "reference",
+    "use_implementation",
+]
