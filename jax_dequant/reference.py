@@ -71,9 +71,14 @@ def _dequantize(q, scale, zero_point, out_dtype):
 #
 # XLA would contract `x * r + zp` into an FMA on the CPU, and XLA:GPU divides
 # approximately; the contract needs the product rounded on its own and a
-# correctly rounded reciprocal. The optimization barrier keeps the product out
-# of the add's fusion, so no FMA can form. Evaluate these references on the CPU
-# (tests do) for the contract's exact reciprocal.
+# correctly rounded reciprocal. An optimization barrier alone does not stop
+# the FMA: jax 0.10's XLA:CPU drops the barrier before fusion and still emits
+# fma(x, r, zp). What does stop it is an operation between the multiply and
+# the add: the select that maps a NaN product to 0 (which is the contract's
+# "NaN -> zero point" anyway). tests/test_quantize.py checks the reference
+# against a NumPy evaluation of the contract on near-ties, so a future XLA that
+# sees through this fails loudly. Evaluate these references on the CPU (tests
+# do) for the contract's exact reciprocal.
 
 
 def quantize_per_token(
@@ -124,7 +129,7 @@ def check_quantize_args(op, x, scale, zero_point, dtype, qmin, qmax):
     row_shape = tuple(x.shape[:-1])
     scale = v.check_scale(op, scale, row_shape)
     zero_point = v.check_zero_point(op, zero_point, row_shape)
-    v.check_scale_out_pair(op, np.dtype(scale.dtype), np.dtype(x.dtype))
+    v.check_scale_out_pair(op, np.dtype(scale.dtype), np.dtype(x.dtype), other="x")
     dtype = v.check_storage_dtype(op, dtype)
     qmin, qmax = v.check_quant_range(op, dtype, qmin, qmax)
     return x, scale, zero_point, dtype, qmin, qmax
@@ -144,11 +149,13 @@ def quantized_levels(x, reciprocal, zero_point, qmin, qmax, compute):
         The clamped levels, dtype C.
     """
     product = jax.lax.optimization_barrier(x.astype(compute) * reciprocal[..., None])
+    # NaN -> 0, so that NaN lands on the zero point; this select also keeps
+    # XLA from fusing the multiply and the add into an FMA (see above).
+    product = jnp.where(jnp.isnan(product), compute.type(0), product)
     zero = (
         jnp.zeros((), compute) if zero_point is None else zero_point[..., None].astype(compute)
     )
     level = jnp.round(product + zero)
-    level = jnp.where(jnp.isnan(level), jnp.broadcast_to(zero, level.shape), level)
     return jnp.clip(level, compute.type(qmin), compute.type(qmax))
 
 
@@ -238,6 +245,26 @@ def scale_bounds(scale_dtype, compute) -> tuple[Any, Any]:
     return compute.type(float(finfo.tiny)), compute.type(largest)
 
 
+def store_scale(scale, scale_dtype):
+    """Rounds a scale computed in C to ``scale_dtype``.
+
+    A float64 value is stored as float16/bfloat16 through float32 (two
+    roundings): that is what XLA's convert does on CPU and GPU and what the
+    kernels do; written out here so that it cannot depend on XLA's choice.
+
+    Args:
+        scale: the scale in C.
+        scale_dtype: the storage dtype.
+
+    Returns:
+        The scale as ``scale_dtype``.
+    """
+    scale_dtype = np.dtype(scale_dtype)
+    if scale.dtype == np.float64 and scale_dtype.itemsize == 2:
+        scale = scale.astype(np.float32)
+    return scale.astype(scale_dtype)
+
+
 def choose_scale(x, dtype, symmetric, scale_dtype, qmin=None, qmax=None):
     """The dynamic choice of each row's scale and zero point (see quantize_per_token_dynamic).
 
@@ -269,7 +296,7 @@ def choose_scale(x, dtype, symmetric, scale_dtype, qmin=None, qmax=None):
         span = hi - lo
         scale = jnp.where(span == 0, c(1), span * c(1.0 / (qmax - qmin)))
     scale = jnp.where(scale < smallest_normal, smallest_normal, scale)
-    scale = jnp.where(scale > largest, largest, scale).astype(scale_dtype)
+    scale = store_scale(jnp.where(scale > largest, largest, scale), scale_dtype)
     if symmetric:
         return scale, jnp.zeros(x.shape[:-1], jnp.int32)
     level = jnp.round(c(qmin) - lo / scale.astype(compute))
