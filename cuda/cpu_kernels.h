@@ -11,6 +11,10 @@ namespace jdq::cpu {
 
 std::string Dequantize(const DequantizeProblem& problem);
 
+// Static and dynamic quantization (cpu_quantize.cc).
+std::string Quantize(const QuantizeProblem& problem);
+std::string QuantizeDynamic(const DynamicQuantizeProblem& problem);
+
 }  // namespace jdq::cpu
 
 #endif  // JAX_DEQUANT_CPU_KERNELS_H_

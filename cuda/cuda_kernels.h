@@ -14,6 +14,10 @@ namespace jdq::cuda {
 
 std::string Dequantize(const DequantizeProblem& problem, cudaStream_t stream);
 
+// Static quantization (quantize.cu) and dynamic quantization (quantize_dynamic.cu).
+std::string Quantize(const QuantizeProblem& problem, cudaStream_t stream);
+std::string QuantizeDynamic(const DynamicQuantizeProblem& problem, cudaStream_t stream);
+
 }  // namespace jdq::cuda
 
 #endif  // JAX_DEQUANT_CUDA_KERNELS_H_

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "cuda_kernels.h"
 #include "cuda_types.cuh"
 #include "dispatch.h"
@@ -17,20 +18,6 @@ namespace jdq::cuda {
 namespace {
 
 constexpr int kThreadsPerBlock = 256;
-
-__device__ __forceinline__ void RowOf(int64_t element, int64_t cols, bool narrow_index,
-                                      int64_t& row, int64_t& col) {
-  if (narrow_index) {
-    const uint32_t e = static_cast<uint32_t>(element);
-    const uint32_t c = static_cast<uint32_t>(cols);
-    const uint32_t r = e / c;
-    row = r;
-    col = e - r * c;
-  } else {
-    row = element / cols;
-    col = element - row * cols;
-  }
-}
 
 // One thread dequantizes one chunk of kVec consecutive elements. With
 // kRowAligned the chunk lies inside one row; otherwise the row may change
@@ -79,10 +66,6 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
       if (e + 1 < total) next_element();
     }
   }
-}
-
-bool IsAligned(const void* pointer, int64_t bytes) {
-  return reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(bytes) == 0;
 }
 
 template <typename QT, typename ScaleT, typename OutT, int kVec, bool kRowAligned>

@@ -74,6 +74,41 @@ std::string VisitDequantizeTypes(DType q_type, DType scale_type, DType out_type,
   });
 }
 
+// Calls fn(TypeTag<T>{}) for quantized storage proper: int8 or uint8.
+template <typename Fn>
+std::string VisitQuantized(DType type, Fn&& fn) {
+  switch (type) {
+    case DType::kS8:
+      return fn(TypeTag<int8_t>{});
+    case DType::kU8:
+      return fn(TypeTag<uint8_t>{});
+    default:
+      return std::string("expected int8 or uint8 storage, got ") + DTypeName(type);
+  }
+}
+
+// Dispatches an (input, scale, storage) triple of the quantize ops:
+// fn(x_tag, scale_tag, q_tag). Static quantization (kAnyScale = false) takes
+// the pairs of kAllowedScaleOut (scale of x's type, or float32); dynamic
+// quantization (kAnyScale = true) stores its scale in any float type.
+template <typename Types, bool kAnyScale, typename Fn>
+std::string VisitQuantizeTypes(DType x_type, DType scale_type, DType q_type, Fn&& fn) {
+  return VisitFloat<Types>(x_type, [&](auto x_tag) -> std::string {
+    using XT = typename decltype(x_tag)::type;
+    return VisitFloat<Types>(scale_type, [&](auto scale_tag) -> std::string {
+      using ScaleT = typename decltype(scale_tag)::type;
+      if constexpr (!kAnyScale && !kAllowedScaleOut<ScaleT, XT>) {
+        return std::string("scale dtype ") + DTypeName(scale_type) + " with input dtype " +
+               DTypeName(x_type) + " is not an allowed pair";
+      } else {
+        return VisitQuantized(q_type, [&](auto q_tag) -> std::string {
+          return fn(x_tag, scale_tag, q_tag);
+        });
+      }
+    });
+  });
+}
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_DISPATCH_H_

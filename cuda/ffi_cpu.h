@@ -5,5 +5,7 @@
 #include "xla/ffi/api/api.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqQuantizeCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqQuantizeDynamicCpu);
 
 #endif  // JAX_DEQUANT_FFI_CPU_H_

@@ -6,5 +6,7 @@
 #include "xla/ffi/api/api.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqQuantizeCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqQuantizeDynamicCuda);
 
 #endif  // JAX_DEQUANT_FFI_CUDA_H_

@@ -29,9 +29,15 @@ NB_MODULE(_jax_dequant_ffi, m) {
       []() {
         nb::dict cpu;
         cpu["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCpu);
+        cpu["jax_dequant_quantize_per_token"] = EncapsulateFfiHandler(JdqQuantizeCpu);
+        cpu["jax_dequant_quantize_per_token_dynamic"] =
+            EncapsulateFfiHandler(JdqQuantizeDynamicCpu);
         nb::dict cuda;
 #if JAX_DEQUANT_WITH_CUDA
         cuda["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCuda);
+        cuda["jax_dequant_quantize_per_token"] = EncapsulateFfiHandler(JdqQuantizeCuda);
+        cuda["jax_dequant_quantize_per_token_dynamic"] =
+            EncapsulateFfiHandler(JdqQuantizeDynamicCuda);
 #endif
         nb::dict by_platform;
         by_platform["cpu"] = cpu;

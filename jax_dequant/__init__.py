@@ -10,6 +10,8 @@ from jax_dequant._config import current_implementation, use_implementation
 from jax_dequant._native import BUILD_INFO, KERNEL_PLATFORMS
 from jax_dequant.dequantize import dequantize_per_token
 from jax_dequant.plan import KernelPlan, kernel_plan
+from jax_dequant.quantize import quantize_per_token
+from jax_dequant.quantize_dynamic import quantize_per_token_dynamic
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,8 @@ __all__ = [
     "current_implementation",
     "dequantize_per_token",
     "kernel_plan",
+    "quantize_per_token",
+    "quantize_per_token_dynamic",
     "reference",
     "use_implementation",
 ]
