@@ -286,13 +286,18 @@ def choose_scale(x, dtype, symmetric, scale_dtype, qmin=None, qmax=None):
     c = compute.type
     values = x.astype(compute)
     smallest_normal, largest = scale_bounds(scale_dtype, compute)
+    # XLA:CPU's vectorized row reductions can drop a NaN (jax 0.10 and 0.12: a
+    # max over rows of 1024 values ignores it), so a row's NaN is applied
+    # explicitly: the row's range (and so its scale) becomes NaN.
+    has_nan = jnp.any(jnp.isnan(values), axis=-1)
+    nan = c(np.nan)
     if symmetric:
-        absmax = jnp.max(jnp.abs(values), axis=-1, initial=c(0))
+        absmax = jnp.where(has_nan, nan, jnp.max(jnp.abs(values), axis=-1, initial=c(0)))
         scale = jnp.where(absmax == 0, c(1), absmax * c(1.0 / qmax))
         lo = hi = None
     else:
-        lo = jnp.min(values, axis=-1, initial=c(0))
-        hi = jnp.max(values, axis=-1, initial=c(0))
+        lo = jnp.where(has_nan, nan, jnp.min(values, axis=-1, initial=c(0)))
+        hi = jnp.where(has_nan, nan, jnp.max(values, axis=-1, initial=c(0)))
         span = hi - lo
         scale = jnp.where(span == 0, c(1), span * c(1.0 / (qmax - qmin)))
     scale = jnp.where(scale < smallest_normal, smallest_normal, scale)
