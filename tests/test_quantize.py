@@ -333,7 +333,8 @@ def test_random_cases_match_reference(device, data):
     scale = 10.0 ** rng.uniform(-4, 3, size=row_shape) * rng.choice([-1.0, 1.0], size=row_shape)
     scale = scale.astype(scale_dtype)
     x = rng.standard_normal(shape) * np.abs(scale.astype(np.float64).reshape(shape[:-1] + (1,)))
-    x = (x * 10.0 ** rng.uniform(0, 3)).astype(x_dtype)
+    with np.errstate(over="ignore"):  # float16 may overflow to inf: one more special
+        x = (x * 10.0 ** rng.uniform(0, 3)).astype(x_dtype)
     zero_point = None if symmetric else rng.integers(-300, 300, size=row_shape).astype(np.int32)
     check(device, x, scale, zero_point, dtype=np.dtype(q_dtype), qmin=qmin, qmax=qmax,
           context=f"{shape} {x_dtype}/{scale_dtype}->{q_dtype} [{qmin}, {qmax}]")
