@@ -3,7 +3,10 @@
 // (ScopedFlushDenormals), so that they agree bit for bit with XLA's compiled
 // reference on the CPU.
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <string>
+#include <type_traits>
 
 #include "cpu_common.h"
 #include "cpu_kernels.h"
@@ -16,7 +19,7 @@ namespace {
 
 // q[d] = clamp(rne(C(x[d]) * reciprocal + zero), qmin, qmax) over one row.
 template <typename XT, typename QT, typename C>
-void QuantizeRow(const XT* __restrict x, QT* __restrict q, int64_t cols, C reciprocal, C zero,
+JDQ_CPU_CLONES void QuantizeRow(const XT* __restrict x, QT* __restrict q, int64_t cols, C reciprocal, C zero,
                  C qmin, C qmax) {
   for (int64_t col = 0; col < cols; ++col) {
     const C value = Convert<XT>::template ToCompute<C>(x[col]);
@@ -39,29 +42,43 @@ void QuantizeRows(const QuantizeProblem& p) {
   }
 }
 
-// The row's range widened to include 0. Independent partial ranges per lane
-// let the compiler vectorize the NaN-propagating min/max; they are combined
-// at the end (min/max are exact, so the split changes nothing).
+// The row's range widened to include 0, with the NaN rule of extend_range (a
+// NaN anywhere makes both ends NaN). Written with GCC/Clang vector extensions
+// over 32-byte vectors: lane-wise min and max (min/max are exact, so the lane
+// split changes no value) and a lane-wise NaN flag, combined at the end. The
+// scalar select formulation does not vectorize: its NaN test turns into
+// branches.
 template <typename XT, typename C>
-void RowRange(const XT* __restrict x, int64_t cols, C& lo, C& hi) {
-  constexpr int kLanes = 16;
-  C lane_lo[kLanes];
-  C lane_hi[kLanes];
-  for (int i = 0; i < kLanes; ++i) lane_lo[i] = lane_hi[i] = C(0);
+JDQ_CPU_CLONES void RowRange(const XT* __restrict x, int64_t cols, C& lo, C& hi) {
+  using Int = std::conditional_t<sizeof(C) == 8, int64_t, int32_t>;
+  constexpr int kWidth = 32 / sizeof(C);
+  typedef C Vector __attribute__((vector_size(32)));
+  typedef Int Mask __attribute__((vector_size(32)));
+  Vector lane_lo = {};
+  Vector lane_hi = {};
+  Mask lane_nan = {};
   int64_t col = 0;
-  for (; col + kLanes <= cols; col += kLanes) {
-    for (int i = 0; i < kLanes; ++i) {
-      extend_range(Convert<XT>::template ToCompute<C>(x[col + i]), lane_lo[i], lane_hi[i]);
-    }
+  for (; col + kWidth <= cols; col += kWidth) {
+    C values[kWidth];
+    for (int i = 0; i < kWidth; ++i) values[i] = Convert<XT>::template ToCompute<C>(x[col + i]);
+    Vector v;
+    std::memcpy(&v, values, sizeof(v));
+    // Vector casts are bit casts; comparisons give all-ones lanes where true.
+    const Mask below = (Mask)(v < lane_lo);
+    const Mask above = (Mask)(v > lane_hi);
+    lane_lo = (Vector)(((Mask)v & below) | ((Mask)lane_lo & ~below));
+    lane_hi = (Vector)(((Mask)v & above) | ((Mask)lane_hi & ~above));
+    lane_nan |= (Mask)(v != v);
   }
-  for (; col < cols; ++col) {
-    extend_range(Convert<XT>::template ToCompute<C>(x[col]), lane_lo[0], lane_hi[0]);
-  }
+  bool nan = false;
   lo = hi = C(0);
-  for (int i = 0; i < kLanes; ++i) {
-    lo = min_propagate_nan(lo, lane_lo[i]);
-    hi = max_propagate_nan(hi, lane_hi[i]);
+  for (int i = 0; i < kWidth; ++i) {
+    extend_range(lane_lo[i], lo, hi);
+    extend_range(lane_hi[i], lo, hi);
+    nan = nan || lane_nan[i] != 0;
   }
+  for (; col < cols; ++col) extend_range(Convert<XT>::template ToCompute<C>(x[col]), lo, hi);
+  if (nan) lo = hi = std::numeric_limits<C>::quiet_NaN();
 }
 
 // Per row: the range, the scale (stored as ScaleT) and zero point, then the

@@ -11,6 +11,7 @@
 // read twice: once to reduce, once (mostly from L2) to quantize.
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "cuda_kernels.h"
@@ -42,6 +43,60 @@ struct DynamicParams {
   C qmax;
   C smallest_normal;
   C largest;
+};
+
+// Folds a thread's packs of a row into the row's range (widened to include 0,
+// NaN-propagating, as extend_range). Generic: each value in C.
+template <typename XT, typename C, int kVec, typename Enable = void>
+struct RangeFolder {
+  C lo = C(0);
+  C hi = C(0);
+  __device__ __forceinline__ void Add(const Pack<XT, kVec>& pack) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) extend_range(Convert<XT>::template ToCompute<C>(pack.v[i]), lo, hi);
+  }
+  __device__ __forceinline__ void Finish(C& out_lo, C& out_hi) const {
+    out_lo = lo;
+    out_hi = hi;
+  }
+};
+
+// 16-bit floats in pairs: the paired NaN-propagating min/max instructions
+// (exact, like any min/max) fold two values per instruction in their own type;
+// the pair is converted to C once, at the end.
+template <typename XT>
+struct PairOf;
+template <>
+struct PairOf<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ type Zero() { return __float2bfloat162_rn(0.0f); }
+};
+template <>
+struct PairOf<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ type Zero() { return __float2half2_rn(0.0f); }
+};
+
+template <typename XT, typename C, int kVec>
+struct RangeFolder<XT, C, kVec, std::void_t<typename PairOf<XT>::type, std::enable_if_t<kVec % 2 == 0>>> {
+  using Pair = typename PairOf<XT>::type;
+  Pair lo = PairOf<XT>::Zero();
+  Pair hi = PairOf<XT>::Zero();
+  __device__ __forceinline__ void Add(const Pack<XT, kVec>& pack) {
+    const Pair* pairs = reinterpret_cast<const Pair*>(pack.v);
+#pragma unroll
+    for (int j = 0; j < kVec / 2; ++j) {
+      lo = __hmin2_nan(lo, pairs[j]);
+      hi = __hmax2_nan(hi, pairs[j]);
+    }
+  }
+  __device__ __forceinline__ void Finish(C& out_lo, C& out_hi) const {
+    out_lo = out_hi = C(0);
+    extend_range(Convert<XT>::template ToCompute<C>(lo.x), out_lo, out_hi);
+    extend_range(Convert<XT>::template ToCompute<C>(lo.y), out_lo, out_hi);
+    extend_range(Convert<XT>::template ToCompute<C>(hi.x), out_lo, out_hi);
+    extend_range(Convert<XT>::template ToCompute<C>(hi.y), out_lo, out_hi);
+  }
 };
 
 template <typename C>
@@ -89,24 +144,16 @@ __global__ void __launch_bounds__(kWarpPerRow ? kWarpSize * kWarpRowsPerBlock : 
         if (index < cols) held[k] = *reinterpret_cast<const XPack*>(row_x + index);
       }
     };
-    C lo = C(0);
-    C hi = C(0);
-    auto fold = [&](int64_t base) {
-#pragma unroll
-      for (int k = 0; k < kChunks; ++k) {
-        const int64_t index = base + (k * group + lane) * kVec;
-        if (index < cols) {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) {
-            extend_range(Convert<XT>::template ToCompute<C>(held[k].v[i]), lo, hi);
-          }
-        }
-      }
-    };
+    RangeFolder<XT, C, kVec> folder;
     for (int64_t base = 0; base < cols; base += pass) {
       load(base);
-      fold(base);
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k) {
+        if (base + (k * group + lane) * kVec < cols) folder.Add(held[k]);
+      }
     }
+    C lo, hi;
+    folder.Finish(lo, hi);
 
     WarpRange(lo, hi);
     if (!kWarpPerRow) {
