@@ -33,4 +33,6 @@ def export_disabled_checks() -> list[jax.export.DisabledSafetyCheck]:
     Returns:
         The checks, sorted by target name.
     """
-    return [jax.export.DisabledSafetyCheck.custom_call(name) for name in sorted(_native.FFI_TARGETS)]
+    return [
+        jax.export.DisabledSafetyCheck.custom_call(name) for name in sorted(_native.FFI_TARGETS)
+    ]

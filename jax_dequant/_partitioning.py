@@ -62,7 +62,7 @@ from jax_dequant import _compat
 D_FACTOR = "d"
 """The factor name of the row width in the Shardy sharding rules."""
 
-# --- declarations ----------------------------------------------------------------------------------
+# --- declarations ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +117,7 @@ ELEMENTWISE = Elementwise()
 """Declaration for ops elementwise along ``D`` (dequantize, quantize, fake quantize)."""
 
 
-# --- sharding helpers ------------------------------------------------------------------------------
+# --- sharding helpers -----------------------------------------------------------------------------
 
 
 def _entries(sharding: Any, ndim: int) -> list[tuple[str, ...]]:
@@ -244,7 +244,7 @@ def row_aval(full_aval: Any, dtype: Any) -> Any:
     )
 
 
-# --- lowering --------------------------------------------------------------------------------------
+# --- lowering -------------------------------------------------------------------------------------
 
 
 def _flat(results: Any) -> list:
@@ -417,7 +417,7 @@ def register_partitioned_lowerings(
     inner: jax.extend.core.Primitive,
     rule: RowwisePartitioning,
     platforms: Sequence[str],
-    export_lowering: Callable[..., Any],
+    direct_lowering: Callable[..., Any],
 ) -> None:
     """Lowers ``primitive`` through ``custom_partitioning`` to ``inner`` on ``platforms``.
 
@@ -426,13 +426,14 @@ def register_partitioned_lowerings(
         inner: its twin that lowers to the FFI call, with the same params.
         rule: the op's declaration.
         platforms: the platforms with a kernel.
-        export_lowering: ``(ctx, *args, **params)`` lowering to the FFI call
-            (batch partitionable) used when lowering for ``jax.export``.
+        direct_lowering: ``(ctx, *args, **params)`` lowering straight to the
+            FFI call (batch partitionable), used when lowering for
+            ``jax.export`` and inside ``jax.shard_map``.
     """
 
     def lowering(ctx, *args, **params):
         if _for_export(ctx) or _inside_shard_map(ctx):
-            return export_lowering(ctx, *args, **params)
+            return direct_lowering(ctx, *args, **params)
         in_ranks = tuple(len(a.shape) for a in ctx.avals_in)
         out_ranks = tuple(len(a.shape) for a in ctx.avals_out)
         function = _partitioned_function(inner, rule, _params_key(params), in_ranks, out_ranks)

@@ -94,7 +94,7 @@ def register_ffi_lowerings(
         inner,
         partitioning,
         platforms,
-        export_lowering=_partitioning.batch_partitionable_lowering(lowering),
+        direct_lowering=_partitioning.batch_partitionable_lowering(lowering),
     )
     mlir.register_lowering(primitive, no_kernel)
 

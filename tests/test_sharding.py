@@ -42,7 +42,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "
 _COLLECTIVE_OP = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 DEQUANT_TARGET = "jax_dequant_dequantize_per_token"
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 
 def cpu_devices() -> list:
@@ -131,7 +131,7 @@ def _put(mesh, array, spec):
     return None if array is None else jax.device_put(array, NamedSharding(mesh, spec))
 
 
-# --- dequantize_per_token: elementwise along D -----------------------------------------------------
+# --- dequantize_per_token: elementwise along D ----------------------------------------------------
 
 SHARDING_CASES = [
     # name, q shape, q spec, spec of scale and zero point
@@ -203,7 +203,8 @@ def test_sharded_abstract_values_keep_the_sharding():
 def test_conflicting_operand_shardings_are_resharded_correctly(partitioner):
     """q sharded along D on the axis that shards the scale's rows: correct, q keeps its layout."""
     mesh = make_mesh()
-    q, scale, zero_point = _dequant_args(np.random.default_rng(7), (16, 64), "int8", "float32", False)
+    rng = np.random.default_rng(7)
+    q, scale, zero_point = _dequant_args(rng, (16, 64), "int8", "float32", False)
     want = _unsharded(jdq.dequantize_per_token, q, scale, zero_point)
     args = (_put(mesh, q, P(None, "x")), _put(mesh, scale, P("x")), _put(mesh, zero_point, P("x")))
     fn = jax.jit(jdq.dequantize_per_token)
@@ -218,7 +219,8 @@ def test_conflicting_operand_shardings_are_resharded_correctly(partitioner):
 def test_uneven_shards(partitioner):
     """Token and D dims that the mesh does not divide: XLA pads the shards; results are exact."""
     mesh = make_mesh()
-    q, scale, zero_point = _dequant_args(np.random.default_rng(8), (13, 37), "int8", "float32", False)
+    rng = np.random.default_rng(8)
+    q, scale, zero_point = _dequant_args(rng, (13, 37), "int8", "float32", False)
     want = _unsharded(jdq.dequantize_per_token, q, scale, zero_point)
 
     def fn(q, scale, zero_point):
@@ -280,13 +282,14 @@ def test_random_shardings(data):
     assert count_collectives(text) == no_collectives(), f"{shape} {q_spec}"
 
 
-# --- shard_map -----------------------------------------------------------------------------------
+# --- shard_map ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("axis_type", ["auto", "explicit"])
 def test_inside_shard_map_every_axis_manual(axis_type):
     mesh = make_mesh(axis_type)
-    q, scale, zero_point = _dequant_args(np.random.default_rng(10), (16, 64), "uint8", "float32", False)
+    rng = np.random.default_rng(10)
+    q, scale, zero_point = _dequant_args(rng, (16, 64), "uint8", "float32", False)
     want = _unsharded(jdq.dequantize_per_token, q, scale, zero_point)
     specs = (P("x", "y"), P("x"), P("x"))
     args = [_put(mesh, a, s) for a, s in zip((q, scale, zero_point), specs)]
@@ -329,7 +332,7 @@ def test_inside_shard_map_with_an_automatic_axis(axis_type):
     assert_bitwise_equal(fn(*d_sharded), want, "shard_map, D on the automatic axis")
 
 
-# --- the other D-axis declarations, through stand-in primitives ---------------------------------
+# --- the other D-axis declarations, through stand-in primitives -----------------------------------
 # Stand-ins lowered to jnp instead of an FFI call: what is tested is the partitioning machinery
 # (which shardings, which collectives, bit-equal results), which is the same for FFI calls.
 
@@ -431,7 +434,8 @@ def test_reduce_over_d_adds_one_psum_when_d_is_sharded(case, axis_type, partitio
     dy, q, scale, zero_point = _backward_args(np.random.default_rng(12), shape)
     want = _unsharded(_backward, dy, q, scale, zero_point)
     row_spec = P(*tuple(spec)[: len(shape) - 1])
-    args = [_put(mesh, a, s) for a, s in zip((dy, q, scale, zero_point), (spec, spec, row_spec, row_spec))]
+    specs = (spec, spec, row_spec, row_spec)
+    args = [_put(mesh, a, s) for a, s in zip((dy, q, scale, zero_point), specs)]
     fn = jax.jit(_backward)
     dq, dscale = fn(*args)
     assert_bitwise_equal(dq, want[0], f"{name}: dq")
@@ -509,7 +513,7 @@ def test_sharding_rule_strings():
     assert rule((5, 4), (4,), 5) == "t0 t1 t2 t3 d, t0 t1 t2 t3 -> t0 t1 t2 t3"
 
 
-# --- jax.export ----------------------------------------------------------------------------------
+# --- jax.export -----------------------------------------------------------------------------------
 
 
 def _every_op(q, scale, zero_point):
@@ -627,7 +631,7 @@ def test_sharded_export_round_trip(d_sharded):
         assert counts == no_collectives()
 
 
-# --- CUDA graphs (XLA command buffers) -----------------------------------------------------------
+# --- CUDA graphs (XLA command buffers) ------------------------------------------------------------
 
 _COMMAND_BUFFER_SCRIPT = """
 import json
@@ -682,7 +686,7 @@ def _run_python(script: str, extra_env: dict | None = None) -> str:
     """Runs ``script`` in a new interpreter that imports this jax_dequant; returns stdout."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(jdq.__file__)))
     env = dict(os.environ, **(extra_env or {}))
-    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     completed = subprocess.run(
         [sys.executable, "-c", script],
         env=env,
@@ -695,7 +699,7 @@ def _run_python(script: str, extra_env: dict | None = None) -> str:
     return completed.stdout
 
 
-# --- several GPUs --------------------------------------------------------------------------------
+# --- several GPUs ---------------------------------------------------------------------------------
 
 
 @pytest.mark.gpu
@@ -706,12 +710,14 @@ def test_sharded_on_several_gpus():
     if len(devices) < 2:
         pytest.skip(f"needs at least 2 GPUs, {len(devices)} visible (8 CPU devices cover it)")
     n = len(devices)
-    mesh = jax.sharding.Mesh(np.array(devices).reshape(n // 2, 2) if n % 2 == 0 else np.array(devices).reshape(n, 1), ("x", "y"))
-    q, scale, zero_point = _dequant_args(np.random.default_rng(20), (8 * n, 4096), "int8", "float32", False)
-    one_gpu = [jax.device_put(a, devices[0]) for a in (q, scale, zero_point)]
-    want = jax.jit(jdq.dequantize_per_token, static_argnames="out_dtype")(*one_gpu, out_dtype=jnp.bfloat16)
-    args = (_put(mesh, q, P("x", "y")), _put(mesh, scale, P("x")), _put(mesh, zero_point, P("x")))
+    shape = (n // 2, 2) if n % 2 == 0 else (n, 1)
+    mesh = jax.sharding.Mesh(np.array(devices).reshape(shape), ("x", "y"))
+    rng = np.random.default_rng(20)
+    q, scale, zero_point = _dequant_args(rng, (8 * n, 4096), "int8", "float32", False)
     fn = jax.jit(jdq.dequantize_per_token, static_argnames="out_dtype")
+    one_gpu = [jax.device_put(a, devices[0]) for a in (q, scale, zero_point)]
+    want = fn(*one_gpu, out_dtype=jnp.bfloat16)
+    args = (_put(mesh, q, P("x", "y")), _put(mesh, scale, P("x")), _put(mesh, zero_point, P("x")))
     assert_bitwise_equal(fn(*args, out_dtype=jnp.bfloat16), want, "several GPUs")
     text = fn.lower(*args, out_dtype=jnp.bfloat16).compile().as_text()
     assert count_collectives(text) == no_collectives()
