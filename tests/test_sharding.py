@@ -640,10 +640,11 @@ import jax_dequant as jdq
 
 def chain(q, scale, zero_point):
     # Eight of our calls, each fed by a fusion of the last result: one long run of commands.
-    total = jnp.zeros(q.shape, jnp.float32)
+    # (No `zeros + y`: XLA folds it to y and keeps a -0.0 that the eager add makes +0.0.)
+    total = None
     for _ in range(8):
         y = jdq.dequantize_per_token(q, scale, zero_point)
-        total = total + y
+        total = y if total is None else total + y
         q = (jnp.round(y * 3.0) % 100).astype(jnp.int8)
     return total
 
