@@ -375,11 +375,14 @@ _QMAX = 127.0
 def _quantize_with_absmax(x, absmax):
     scale = jnp.where(absmax > 0, absmax * np.float32(1 / _QMAX), np.float32(1))
     q = jnp.clip(jnp.round(x * (1 / scale)[..., None]), -_QMAX, _QMAX).astype(jnp.int8)
-    return q, scale
+    # One of the package's partitioned primitives inside another's per-shard computation, as
+    # dynamic quantization will quantize with the global scale: it lowers to its FFI call there.
+    return q, scale, jdq.dequantize_per_token(q, scale)
 
 
 def _dynamic_impl(x):
-    """Stand-in for symmetric dynamic quantization: scale = absmax(row) / 127."""
+    """Stand-in for symmetric dynamic quantization: scale = absmax(row) / 127, and the
+    round trip dequantize(q, scale)."""
     return _quantize_with_absmax(x, jnp.max(jnp.abs(x), axis=-1))
 
 
@@ -389,7 +392,8 @@ def _dynamic_sharded(d_axes, x):
 
 
 def _dynamic_abstract_eval(x):
-    return x.update(dtype=np.dtype(np.int8), weak_type=False), _partitioning.row_aval(x, np.float32)
+    int8 = x.update(dtype=np.dtype(np.int8), weak_type=False)
+    return int8, _partitioning.row_aval(x, np.float32), x.update(weak_type=False)
 
 
 standin_dynamic_p = _register_standin(
@@ -488,20 +492,24 @@ def test_row_statistics_add_one_cross_shard_max_when_d_is_sharded(case, axis_typ
     fn = jax.jit(lambda x: tuple(standin_dynamic_p.bind(x)))
     want = _unsharded(fn, x)
     arg = _put(mesh, x, spec)
-    q, scale = fn(arg)
+    q, scale, round_trip = fn(arg)
     assert_bitwise_equal(q, want[0], f"{name}: q")
     assert_bitwise_equal(scale, want[1], f"{name}: scale")
+    assert_bitwise_equal(round_trip, want[2], f"{name}: dequantized")
     assert q.sharding.is_equivalent_to(arg.sharding, len(shape))
+    assert round_trip.sharding.is_equivalent_to(arg.sharding, len(shape))
     assert scale.sharding.is_equivalent_to(NamedSharding(mesh, P(*tuple(spec)[:1])), 1)
     text = fn.lower(arg).compile().as_text()
     assert count_collectives(text) == {**no_collectives(), "all-reduce": all_reduces}, name
+    local = arg.sharding.shard_shape(shape)
+    assert custom_call_result_shapes(text, DEQUANT_TARGET) == [hlo_shape("float32", local)]
 
 
 def test_row_aval_keeps_token_sharding_in_explicit_meshes():
     mesh = make_mesh("explicit")
     x = _put(mesh, np.ones((8, 16), np.float32), P("x", "y"))
-    q, scale = jax.eval_shape(lambda x: tuple(standin_dynamic_p.bind(x)), x)
-    assert q.sharding.spec == P("x", "y")
+    q, scale, round_trip = jax.eval_shape(lambda x: tuple(standin_dynamic_p.bind(x)), x)
+    assert q.sharding.spec == round_trip.sharding.spec == P("x", "y")
     assert scale.sharding.spec == P("x")
 
 
