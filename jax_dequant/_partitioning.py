@@ -19,24 +19,37 @@ it (SPEC.md, Scale-out):
   computation: local statistics, then ``pmax``/``pmin`` over the ``D`` mesh
   axes, then the local quantization with the global scale.
 
+Declaring it (one argument next to the primitive's lowering)::
+
+    register_ffi_lowerings(dequantize_p, FFI_TARGET, partitioning=ELEMENTWISE)
+    register_ffi_lowerings(dscale_p, TARGET, partitioning=ReduceOverD(partial_params=...))
+    register_ffi_lowerings(dynamic_p, TARGET, partitioning=RowStatistics(sharded=...))
+
+and abstract evals build per-row results with :func:`row_aval` (full ones with
+``aval.update``), so shardings and ``shard_map``'s varying axes are kept.
+
 Mechanism (the pattern of TransformerEngine-JAX): the primitive users bind is
 the *outer* one and carries the abstract eval, JVP/transpose and batching
-rules. :func:`register_partitioned_lowerings` creates an *inner* twin that
-lowers straight to the FFI call, and lowers the outer one, with
-``mlir.lower_fun``, to a :func:`jax.experimental.custom_partitioning` function
-that binds the inner one. ``custom_partitioning`` gets both a Shardy sharding
-rule (einsum-like: token factors shared by every operand and result, one
-``d`` factor for the row width) and GSPMD callbacks, so either partitioner
+rules. ``register_ffi_lowerings`` gives it an *inner* twin that lowers straight
+to the FFI call, and :func:`register_partitioned_lowerings` lowers the outer
+one, with ``mlir.lower_fun``, to a :func:`jax.experimental.custom_partitioning`
+function that binds the inner one. ``custom_partitioning`` gets both a Shardy
+sharding rule (einsum-like: token factors shared by every operand and result,
+one ``d`` factor for the row width) and GSPMD callbacks, so either partitioner
 works, and a ``partition`` callback that picks the shardings above and builds
-the per-shard computation. Inside ``jax.shard_map`` (all mesh axes manual) and
-on one device ``custom_partitioning`` inlines the inner call.
+the per-shard computation. On one device it inlines the inner call.
 
-``jax.export`` cannot carry ``custom_partitioning``: its callbacks are Python
-objects of the exporting process. When lowering for export the outer
-primitive therefore lowers to the FFI call itself, marked *batch
-partitionable* (the token dims are XLA's batch dims, ``D`` is replicated), so
-a deserialized module still runs sharded along tokens in any process that
-imported ``jax_dequant``; a ``D`` sharding there is gathered first.
+Two cases lower the outer primitive to the FFI call itself instead, marked
+*batch partitionable* (the token dims are XLA's batch dims; ``D`` is gathered
+if sharded), with a Shardy rule that lets token shardings flow through it:
+
+* ``jax.export``: ``custom_partitioning``'s callbacks are Python objects of
+  the exporting process and cannot be serialized. A deserialized module still
+  runs sharded along tokens, in any process that imported ``jax_dequant``.
+* inside ``jax.shard_map`` (and inside the per-shard computations above): with
+  every mesh axis manual the call is local anyway; with some axes left
+  automatic, ``custom_partitioning`` would need the deprecated ``with mesh:``
+  environment, and XLA rejects the shardings it produces there.
 """
 
 from __future__ import annotations
