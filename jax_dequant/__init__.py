@@ -7,6 +7,7 @@ jnp reference of each op (the numerics contract, exactly).
 
 from jax_dequant import reference
 from jax_dequant._config import current_implementation, use_implementation
+from jax_dequant._export import export_disabled_checks
 from jax_dequant._native import BUILD_INFO, KERNEL_PLATFORMS
 from jax_dequant.dequantize import dequantize_per_token
 from jax_dequant.plan import KernelPlan, kernel_plan
@@ -19,6 +20,7 @@ __all__ = [
     "KernelPlan",
     "current_implementation",
     "dequantize_per_token",
+    "export_disabled_checks",
     "kernel_plan",
     "reference",
     "use_implementation",

@@ -17,6 +17,7 @@ from jax.interpreters import batching
 
 from jax_dequant import _config, plan, reference
 from jax_dequant import _validation as v
+from jax_dequant._partitioning import ELEMENTWISE
 from jax_dequant._primitive_utils import define_primitive, register_ffi_lowerings
 
 FFI_TARGET = "jax_dequant_dequantize_per_token"
@@ -72,9 +73,11 @@ def _dequantize_abstract_eval(q, scale, *zero_point, out_dtype):
 
 dequantize_p.def_abstract_eval(_dequantize_abstract_eval)
 
-# --- lowering ------------------------------------------------------------------------------------
+# --- lowering and partitioning -------------------------------------------------------------------
+# Elementwise along D: sharding q along any dim runs the kernel on each shard with the per-row
+# operands replicated along the D mesh axes; no collective.
 
-register_ffi_lowerings(dequantize_p, FFI_TARGET)
+register_ffi_lowerings(dequantize_p, FFI_TARGET, partitioning=ELEMENTWISE)
 
 # --- batching ------------------------------------------------------------------------------------
 
