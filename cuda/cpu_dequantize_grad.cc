@@ -30,18 +30,29 @@ C SumLanes(C* lanes) {
   return lanes[0];
 }
 
+// What a lane's sum starts from. XLA, whose reduction the reference's gradient
+// is, starts a sum from +0 but folds a sum of one term into the term itself;
+// starting from -0 (the exact identity: -0 + t == t) in that case gives the
+// same sign of zero.
+template <typename C>
+C EmptySum(int64_t cols) {
+  return cols == 1 ? -C(0) : C(0);
+}
+
 // One pass over each row of dy: dq (kDq) and/or dscale (kDscale).
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
 void GradRows(const OutT* __restrict dy, const QT* __restrict q, const ScaleT* __restrict scale,
               const int32_t* __restrict zero_point, QT* __restrict dq, ScaleT* __restrict dscale,
               int64_t rows, int64_t cols) {
   using C = ComputeType<ScaleT, OutT>;
+  const C empty = EmptySum<C>(cols);
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t offset = row * cols;
     C row_scale = C(0);
     if constexpr (kDq) row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
     const C row_zero = kDscale && zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
-    C lanes[kLanes] = {};
+    C lanes[kLanes];
+    for (C& lane : lanes) lane = empty;
     auto element = [&](int64_t col, int lane) {
       const C grad = Convert<OutT>::template ToCompute<C>(dy[offset + col]);
       if constexpr (kDq) {

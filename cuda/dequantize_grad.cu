@@ -17,9 +17,12 @@
 // increasing order and accumulates each chunk's elements in increasing order,
 // in C. The group adds its lanes with a butterfly of shuffles (a + b and b + a
 // are the same bits, so every lane ends with the same sum) and, for G > 32, the
-// warps' sums in shared memory in warp order. G depends on (rows, cols) alone,
-// and the chunk cuts on the shape alone, so the summation order is fixed by the
-// shape: the same bits on every run, on every GPU, aligned buffers or not. No
+// warps' sums in shared memory in warp order. G depends on cols alone and the
+// chunk cuts on the row's offset in the flat array, never on addresses, so the
+// summation order is fixed by the shape: the same bits on every run, on every
+// GPU, aligned buffers or not. When cols is a multiple of kVec every row is cut
+// the same way, so a row's sum does not depend on the other rows of the call
+// either (a vmapped or token-sharded backward gives the unbatched bits). No
 // atomics, no workspace.
 #include <cstdint>
 #include <cstring>
@@ -44,8 +47,6 @@ constexpr int kMinBlocksPerSm = 4;
 constexpr int kWarp = 32;
 // Chunks each lane should get before a row is given more lanes.
 constexpr int64_t kChunksPerLane = 4;
-// Below this many threads in flight the rows are given more lanes.
-constexpr int64_t kTargetThreads = int64_t{1} << 18;
 
 // Elements per chunk: 16 bytes of the narrower of the two arrays walked
 // together; the wider one moves in several 16-byte accesses.
@@ -152,7 +153,10 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
        base += static_cast<int64_t>(gridDim.x) * groups_per_block) {
     const int64_t row = base + threadIdx.x / group;
     const bool active = row < rows;
-    C sum = C(0);
+    // XLA (the reference's gradient) starts a sum from +0 but folds a sum of
+    // one term into the term; starting from -0 (the exact identity) for D = 1
+    // gives the same sign of zero.
+    C sum = cols == 1 ? -C(0) : C(0);
     if (active) {
       C row_scale = C(0);
       if constexpr (kDq) row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
@@ -231,14 +235,13 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
   }
 }
 
-// Lanes per row: enough that each lane gets about kChunksPerLane chunks, more
-// while the grid would be too small to fill the GPU. A function of the shape
-// only, so the summation order is too.
-int GroupSize(int64_t rows, int64_t cols, int vec) {
+// Lanes per row: enough that each lane gets about kChunksPerLane chunks. A
+// function of the row length only (not of the number of rows), which keeps a
+// row's summation order independent of the rest of the call (see above).
+int GroupSize(int64_t cols, int vec) {
   const int64_t chunks = cols % vec == 0 ? cols / vec : cols / vec + 2;
   int group = 1;
   while (group < kBlock && group * kChunksPerLane < chunks) group *= 2;
-  while (group < kBlock && group < chunks && rows * group < kTargetThreads) group *= 2;
   return group;
 }
 
@@ -258,7 +261,7 @@ std::string LaunchStatus(const char* what) {
 
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
 std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream) {
-  const int group = GroupSize(p.rows, p.cols, kChunkElements<QT, OutT>);
+  const int group = GroupSize(p.cols, kChunkElements<QT, OutT>);
   const bool vector_ok =
       IsAligned(p.dy) && (!kDscale || IsAligned(p.q)) && (!kDq || IsAligned(p.dq));
   DequantizeGradKernel<QT, ScaleT, OutT, kDq, kDscale>
@@ -303,7 +306,7 @@ std::string DequantizeTangent(const DequantizeTangentProblem& p, cudaStream_t st
         if constexpr (std::is_integral_v<QT>) {
           return std::string("dequantize_per_token tangent: q must be a float carrier");
         } else {
-          const int group = GroupSize(p.rows, p.cols, kChunkElements<QT, OutT>);
+          const int group = GroupSize(p.cols, kChunkElements<QT, OutT>);
           const bool vector_ok = IsAligned(p.q_tangent) && IsAligned(p.q) && IsAligned(p.out);
           DequantizeTangentKernel<QT, ScaleT, OutT>
               <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(

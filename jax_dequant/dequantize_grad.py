@@ -192,10 +192,10 @@ def _add(a, b):
     return jax.lax.add(a, b)
 
 
-def _not_linear(primitive, names: str):
+def _not_linear(primitive, what: str):
     return NotImplementedError(
-        f"{primitive.name} is not linear in {names} together; jax_dequant's rules never "
-        "transpose it that way"
+        f"{primitive.name} is not linear in {what}, so it cannot be transposed that way "
+        "(jax_dequant's own rules never do)"
     )
 
 
@@ -216,7 +216,7 @@ def _dequantize_jvp(primals, tangents, *, out_dtype):
 def _dequantize_transpose(ct, q, scale, *zero_point, out_dtype):
     linear_q, linear_scale = ad.is_undefined_primal(q), ad.is_undefined_primal(scale)
     if linear_q and (linear_scale or zero_point):
-        raise _not_linear(dequantize_p, "q and scale" if linear_scale else "q with a zero point")
+        raise _not_linear(dequantize_p, "q and scale together" if linear_scale else "q with a zero point")
     if linear_q:
         dq, _ = _backward_product(ct, dq_scale=scale, dq_dtype=_dtype(q))
         return [dq, None]
@@ -277,7 +277,7 @@ def _tangent_transpose(ct, q_tangent, scale_tangent, q, scale, *zero_point, out_
         )
         _, cts["s"] = _backward_product(ct, dscale_q=q_tangent, dscale_dtype=_dtype(scale))
     else:
-        raise _not_linear(tangent_p, ", ".join(sorted(undefined)))
+        raise _not_linear(tangent_p, ", ".join(sorted(undefined)) + " together")
     return [cts["t_q"], cts["t_s"], cts["q"], cts["s"]] + [None] * len(zero_point)
 
 
@@ -301,7 +301,7 @@ def _dscale_jvp(primals, tangents, *, scale_dtype):
 def _dscale_transpose(ct, dy, q, *zero_point, scale_dtype):
     linear_dy, linear_q = ad.is_undefined_primal(dy), ad.is_undefined_primal(q)
     if linear_dy and linear_q or linear_q and zero_point:
-        raise _not_linear(dscale_p, "dy and q" if linear_dy else "q with a zero point")
+        raise _not_linear(dscale_p, "dy and q together" if linear_dy else "q with a zero point")
     if linear_dy:  # to_out((C(q) - C(zp)) C(ct)): a dequantize with ct as the scale
         ct_dy = _forward_product(q, None, None, ct, zero_point, _dtype(dy))
         return [ct_dy, None] + [None] * len(zero_point)
@@ -327,7 +327,7 @@ def _dq_jvp(primals, tangents, *, q_dtype):
 def _dq_transpose(ct, dy, scale, *, q_dtype):
     linear_dy, linear_scale = ad.is_undefined_primal(dy), ad.is_undefined_primal(scale)
     if linear_dy and linear_scale:
-        raise _not_linear(dq_p, "dy and scale")
+        raise _not_linear(dq_p, "dy and scale together")
     if linear_dy:  # to_out(C(ct) C(s)): a dequantize of ct
         return [_forward_product(None, ct, scale, None, (), _dtype(dy)), None]
     _, ct_scale = _backward_product(dy, dscale_q=ct, dscale_dtype=_dtype(scale))
@@ -362,7 +362,9 @@ def _dq_dscale_transpose(cts, dy, q, scale, *zero_point):
     linear_dy = ad.is_undefined_primal(dy)
     linear_q, linear_scale = ad.is_undefined_primal(q), ad.is_undefined_primal(scale)
     if linear_dy and (linear_q or linear_scale) or linear_q and zero_point:
-        raise _not_linear(dq_dscale_p, "dy and q/scale" if linear_dy else "q with a zero point")
+        raise _not_linear(
+            dq_dscale_p, "dy and q or scale together" if linear_dy else "q with a zero point"
+        )
     if linear_dy:
         ct_dy = _forward_product(q, ct_dq, scale, ct_dscale, zero_point, _dtype(dy))
         return [ct_dy, None, None] + [None] * len(zero_point)
