@@ -39,7 +39,9 @@ C EmptySum(int64_t cols) {
   return cols == 1 ? -C(0) : C(0);
 }
 
-// One pass over each row of dy: dq (kDq) and/or dscale (kDscale).
+// One pass over each row of dy: dq (kDq) and/or dscale (kDscale). Plain loops
+// over restrict pointers (no lambdas: a captured pointer loses `restrict`, and
+// the dq stores then block vectorization).
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
 void GradRows(const OutT* __restrict dy, const QT* __restrict q, const ScaleT* __restrict scale,
               const int32_t* __restrict zero_point, QT* __restrict dq, ScaleT* __restrict dscale,
@@ -47,28 +49,42 @@ void GradRows(const OutT* __restrict dy, const QT* __restrict q, const ScaleT* _
   using C = ComputeType<ScaleT, OutT>;
   const C empty = EmptySum<C>(cols);
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t offset = row * cols;
+    const OutT* __restrict dy_row = dy + row * cols;
     C row_scale = C(0);
     if constexpr (kDq) row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
-    const C row_zero = kDscale && zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
-    C lanes[kLanes];
-    for (C& lane : lanes) lane = empty;
-    auto element = [&](int64_t col, int lane) {
-      const C grad = Convert<OutT>::template ToCompute<C>(dy[offset + col]);
-      if constexpr (kDq) {
-        dq[offset + col] = Convert<QT>::template FromCompute<C>(mul_rn(grad, row_scale));
+    if constexpr (kDq && !kDscale) {
+      QT* __restrict dq_row = dq + row * cols;
+      for (int64_t col = 0; col < cols; ++col) {
+        const C grad = Convert<OutT>::template ToCompute<C>(dy_row[col]);
+        dq_row[col] = Convert<QT>::template FromCompute<C>(mul_rn(grad, row_scale));
       }
-      if constexpr (kDscale) {
-        const C level = sub_rn(Convert<QT>::template ToCompute<C>(q[offset + col]), row_zero);
+    } else {
+      const QT* __restrict q_row = q + row * cols;
+      QT* __restrict dq_row = kDq ? dq + row * cols : nullptr;
+      const C row_zero = zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
+      C lanes[kLanes];
+      for (C& lane : lanes) lane = empty;
+      int64_t col = 0;
+      for (; col + kLanes <= cols; col += kLanes) {
+        for (int lane = 0; lane < kLanes; ++lane) {
+          const C grad = Convert<OutT>::template ToCompute<C>(dy_row[col + lane]);
+          const C level = sub_rn(Convert<QT>::template ToCompute<C>(q_row[col + lane]), row_zero);
+          lanes[lane] = add_rn(lanes[lane], mul_rn(grad, level));
+          if constexpr (kDq) {
+            dq_row[col + lane] = Convert<QT>::template FromCompute<C>(mul_rn(grad, row_scale));
+          }
+        }
+      }
+      for (int lane = 0; col + lane < cols; ++lane) {
+        const C grad = Convert<OutT>::template ToCompute<C>(dy_row[col + lane]);
+        const C level = sub_rn(Convert<QT>::template ToCompute<C>(q_row[col + lane]), row_zero);
         lanes[lane] = add_rn(lanes[lane], mul_rn(grad, level));
+        if constexpr (kDq) {
+          dq_row[col + lane] = Convert<QT>::template FromCompute<C>(mul_rn(grad, row_scale));
+        }
       }
-    };
-    int64_t col = 0;
-    for (; col + kLanes <= cols; col += kLanes) {
-      for (int lane = 0; lane < kLanes; ++lane) element(col + lane, lane);
+      dscale[row] = Convert<ScaleT>::template FromCompute<C>(SumLanes(lanes));
     }
-    for (int lane = 0; col + lane < cols; ++lane) element(col + lane, lane);
-    if constexpr (kDscale) dscale[row] = Convert<ScaleT>::template FromCompute<C>(SumLanes(lanes));
   }
 }
 

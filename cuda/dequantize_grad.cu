@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
           row * cols, cols, lane, group, vector_ok,
           [&](int64_t lo) {
             const Pack<OutT, kVec> grads = LoadPack<OutT, kVec>(dy + lo);
-            Pack<QT, kVec> levels;
+            Pack<QT, kVec> levels{};  // read only for dscale
             if constexpr (kDscale) levels = LoadPack<QT, kVec>(q + lo);
             Pack<QT, kVec> dq_values;
 #pragma unroll
