@@ -100,7 +100,8 @@ void TangentRows(const QT* __restrict q_tangent, const ScaleT* __restrict scale_
     const C row_scale_tangent = Convert<ScaleT>::template ToCompute<C>(scale_tangent[row]);
     const C row_zero = zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
     for (int64_t col = 0; col < cols; ++col) {
-      const C from_q = mul_rn(Convert<QT>::template ToCompute<C>(q_tangent[offset + col]), row_scale);
+      const C from_q =
+          mul_rn(Convert<QT>::template ToCompute<C>(q_tangent[offset + col]), row_scale);
       const C level = sub_rn(Convert<QT>::template ToCompute<C>(q[offset + col]), row_zero);
       out[offset + col] = Convert<OutT>::template FromCompute<C>(
           add_rn(from_q, mul_rn(level, row_scale_tangent)));

@@ -219,7 +219,8 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
     auto element = [&](QT tangent_value, QT level_value) {
       const C from_q = mul_rn(Convert<QT>::template ToCompute<C>(tangent_value), row_scale);
       const C level = sub_rn(Convert<QT>::template ToCompute<C>(level_value), row_zero);
-      return Convert<OutT>::template FromCompute<C>(add_rn(from_q, mul_rn(level, row_scale_tangent)));
+      return Convert<OutT>::template FromCompute<C>(
+          add_rn(from_q, mul_rn(level, row_scale_tangent)));
     };
     WalkRow<kVec>(
         row * cols, cols, lane, group, vector_ok,

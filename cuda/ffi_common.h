@@ -156,7 +156,8 @@ inline ffi::ErrorOr<DequantizeGradProblem> DecodeDequantizeGrad(
   if (dq != nullptr) {
     if (auto e = CheckSameShape(*dq, dy, op, "dq", "dy"); e.failure()) return ffi::Unexpected(e);
     if (q != nullptr && dq->element_type() != q->element_type()) {
-      return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(op) + ": dq must have q's dtype"));
+      return ffi::Unexpected(
+          ffi::Error::InvalidArgument(std::string(op) + ": dq must have q's dtype"));
     }
     p.q_type = ToDType(dq->element_type());
     p.dq = dq->untyped_data();
@@ -201,7 +202,9 @@ inline ffi::ErrorOr<DequantizeTangentProblem> DecodeDequantizeTangent(
   if (auto e = CheckSameShape(q_tangent, q, op, "q_tangent", "q"); e.failure()) {
     return ffi::Unexpected(e);
   }
-  if (auto e = CheckSameShape(out, q, op, "the output", "q"); e.failure()) return ffi::Unexpected(e);
+  if (auto e = CheckSameShape(out, q, op, "the output", "q"); e.failure()) {
+    return ffi::Unexpected(e);
+  }
   if (auto e = CheckPerRow(scale, p.rows, op, "scale"); e.failure()) return ffi::Unexpected(e);
   if (auto e = CheckPerRow(scale_tangent, p.rows, op, "scale_tangent"); e.failure()) {
     return ffi::Unexpected(e);

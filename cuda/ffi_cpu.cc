@@ -15,7 +15,8 @@ ffi::Error DequantizeCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer scale, ffi::Remain
   return ToError(cpu::Dequantize(*problem));
 }
 
-ffi::Error DequantizeDscaleCpuImpl(ffi::AnyBuffer dy, ffi::AnyBuffer q, ffi::RemainingArgs zero_point,
+ffi::Error DequantizeDscaleCpuImpl(ffi::AnyBuffer dy, ffi::AnyBuffer q,
+                                   ffi::RemainingArgs zero_point,
                                    ffi::Result<ffi::AnyBuffer> dscale) {
   auto problem = DecodeDequantizeGrad(dy, &q, nullptr, &zero_point, nullptr, &*dscale);
   if (problem.has_error()) return problem.error();
@@ -39,7 +40,8 @@ ffi::Error DequantizeDqDscaleCpuImpl(ffi::AnyBuffer dy, ffi::AnyBuffer q, ffi::A
 
 ffi::Error DequantizeTangentCpuImpl(ffi::AnyBuffer q_tangent, ffi::AnyBuffer scale_tangent,
                                     ffi::AnyBuffer q, ffi::AnyBuffer scale,
-                                    ffi::RemainingArgs zero_point, ffi::Result<ffi::AnyBuffer> out) {
+                                    ffi::RemainingArgs zero_point,
+                                    ffi::Result<ffi::AnyBuffer> out) {
   auto problem = DecodeDequantizeTangent(q_tangent, scale_tangent, q, scale, zero_point, *out);
   if (problem.has_error()) return problem.error();
   return ToError(cpu::DequantizeTangent(*problem));

@@ -29,7 +29,8 @@ NB_MODULE(_jax_dequant_ffi, m) {
       []() {
         nb::dict cpu;
         cpu["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCpu);
-        cpu["jax_dequant_dequantize_per_token_dscale"] = EncapsulateFfiHandler(JdqDequantizeDscaleCpu);
+        cpu["jax_dequant_dequantize_per_token_dscale"] =
+            EncapsulateFfiHandler(JdqDequantizeDscaleCpu);
         cpu["jax_dequant_dequantize_per_token_dq"] = EncapsulateFfiHandler(JdqDequantizeDqCpu);
         cpu["jax_dequant_dequantize_per_token_dq_dscale"] =
             EncapsulateFfiHandler(JdqDequantizeDqDscaleCpu);

@@ -51,7 +51,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import ad, batching
 
@@ -216,7 +215,9 @@ def _dequantize_jvp(primals, tangents, *, out_dtype):
 def _dequantize_transpose(ct, q, scale, *zero_point, out_dtype):
     linear_q, linear_scale = ad.is_undefined_primal(q), ad.is_undefined_primal(scale)
     if linear_q and (linear_scale or zero_point):
-        raise _not_linear(dequantize_p, "q and scale together" if linear_scale else "q with a zero point")
+        raise _not_linear(
+            dequantize_p, "q and scale together" if linear_scale else "q with a zero point"
+        )
     if linear_q:
         dq, _ = _backward_product(ct, dq_scale=scale, dq_dtype=_dtype(q))
         return [dq, None]

@@ -254,7 +254,9 @@ def test_cotangent_dtypes_with_grad():
         jax.grad(loss)(q, scale, zero_point)
     ct_carrier = jax.grad(loss)(q.astype(jnp.bfloat16), scale, zero_point)
     assert ct_carrier.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(ct_carrier, np.float32), np.repeat(scale, 8).reshape(2, 8))
+    np.testing.assert_array_equal(
+        np.asarray(ct_carrier, np.float32), np.repeat(scale, 8).reshape(2, 8)
+    )
 
 
 def test_eager_gradients_equal_jitted(device):
