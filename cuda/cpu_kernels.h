@@ -11,6 +11,11 @@ namespace jdq::cpu {
 
 std::string Dequantize(const DequantizeProblem& problem);
 
+// Backward of dequantize (cpu_dequantize_grad.cc): dq and/or dscale.
+std::string DequantizeGrad(const DequantizeGradProblem& problem);
+// Forward-mode tangent of dequantize in q and scale together.
+std::string DequantizeTangent(const DequantizeTangentProblem& problem);
+
 }  // namespace jdq::cpu
 
 #endif  // JAX_DEQUANT_CPU_KERNELS_H_

@@ -6,5 +6,9 @@
 #include "xla/ffi/api/api.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDscaleCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDqCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDqDscaleCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeTangentCuda);
 
 #endif  // JAX_DEQUANT_FFI_CUDA_H_

@@ -29,9 +29,23 @@ NB_MODULE(_jax_dequant_ffi, m) {
       []() {
         nb::dict cpu;
         cpu["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCpu);
+        cpu["jax_dequant_dequantize_per_token_dscale"] =
+            EncapsulateFfiHandler(JdqDequantizeDscaleCpu);
+        cpu["jax_dequant_dequantize_per_token_dq"] = EncapsulateFfiHandler(JdqDequantizeDqCpu);
+        cpu["jax_dequant_dequantize_per_token_dq_dscale"] =
+            EncapsulateFfiHandler(JdqDequantizeDqDscaleCpu);
+        cpu["jax_dequant_dequantize_per_token_tangent"] =
+            EncapsulateFfiHandler(JdqDequantizeTangentCpu);
         nb::dict cuda;
 #if JAX_DEQUANT_WITH_CUDA
         cuda["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCuda);
+        cuda["jax_dequant_dequantize_per_token_dscale"] =
+            EncapsulateFfiHandler(JdqDequantizeDscaleCuda);
+        cuda["jax_dequant_dequantize_per_token_dq"] = EncapsulateFfiHandler(JdqDequantizeDqCuda);
+        cuda["jax_dequant_dequantize_per_token_dq_dscale"] =
+            EncapsulateFfiHandler(JdqDequantizeDqDscaleCuda);
+        cuda["jax_dequant_dequantize_per_token_tangent"] =
+            EncapsulateFfiHandler(JdqDequantizeTangentCuda);
 #endif
         nb::dict by_platform;
         by_platform["cpu"] = cpu;

@@ -59,6 +59,49 @@ struct DequantizeProblem {
   int64_t cols = 0;
 };
 
+// Backward of dequantize: the reverse-mode kernels (SPEC.md, Differentiation).
+// The types are those of the forward op: `q_type` (storage or float carrier),
+// `scale_type`, and `out_type` (the type of y and so of dy). C is the forward's
+// compute type. Each output is computed only when its pointer is non-null:
+//   dq[n, d]  = to_q(C(dy[n, d]) * C(scale[n]))              (float carrier q only)
+//   dscale[n] = to_scale(sum_d C(dy[n, d]) * (C(q[n, d]) - C(zp[n])))
+// The sum is accumulated in C in an order fixed by (rows, cols) alone: the same
+// shape gives the same bits, whatever the buffers' addresses. `q` and
+// `zero_point` are read only for dscale, `scale` only for dq; a null
+// `zero_point` means the symmetric form.
+struct DequantizeGradProblem {
+  DType q_type = DType::kInvalid;
+  DType scale_type = DType::kInvalid;
+  DType out_type = DType::kInvalid;
+  const void* dy = nullptr;
+  const void* q = nullptr;
+  const void* scale = nullptr;
+  const int32_t* zero_point = nullptr;
+  void* dq = nullptr;
+  void* dscale = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// Forward mode of dequantize when both the float-carrier q and the scale have
+// tangents: the tangent of y in one pass, rounded once,
+//   t_y[n, d] = to_out(C(t_q[n, d]) * C(scale[n]) + (C(q[n, d]) - C(zp[n])) * C(t_scale[n])).
+// `t_q` and `q` have `q_type` (a float type), `t_scale` and `scale` have
+// `scale_type`; `zero_point` may be null.
+struct DequantizeTangentProblem {
+  DType q_type = DType::kInvalid;
+  DType scale_type = DType::kInvalid;
+  DType out_type = DType::kInvalid;
+  const void* q_tangent = nullptr;
+  const void* scale_tangent = nullptr;
+  const void* q = nullptr;
+  const void* scale = nullptr;
+  const int32_t* zero_point = nullptr;
+  void* out = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_PROBLEM_H_

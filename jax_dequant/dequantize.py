@@ -112,6 +112,13 @@ def _dequantize_batch(operands, batch_dims, *, out_dtype):
 
 batching.primitive_batchers[dequantize_p] = _dequantize_batch
 
+# --- differentiation -----------------------------------------------------------------------------
+# JVP and transpose rules of dequantize_p, and the backward primitives they bind, live in the
+# sibling module dequantize_grad.py (four more primitives with their own rules); importing it
+# registers them whenever this op is imported.
+
+from jax_dequant import dequantize_grad as _dequantize_grad  # noqa: E402,F401
+
 # --- plan introspection --------------------------------------------------------------------------
 
 
