@@ -56,6 +56,7 @@ from jax.interpreters import ad, batching
 
 from jax_dequant import plan
 from jax_dequant import _validation as v
+from jax_dequant._partitioning import ELEMENTWISE, ReduceOverD, row_aval
 from jax_dequant._primitive_utils import define_primitive, register_ffi_lowerings
 from jax_dequant.dequantize import batch_size, dequantize_p, move_batch_axis_to_front
 
@@ -73,7 +74,7 @@ tangent_p = define_primitive(TANGENT_TARGET)
 
 
 def _dscale_abstract_eval(dy, q, *zero_point, scale_dtype):
-    return q.update(shape=q.shape[:-1], dtype=scale_dtype, weak_type=False)
+    return row_aval(q, scale_dtype)
 
 
 def _dq_abstract_eval(dy, scale, *, q_dtype):
@@ -95,10 +96,22 @@ tangent_p.def_abstract_eval(_tangent_abstract_eval)
 
 # --- lowering ------------------------------------------------------------------------------------
 
-register_ffi_lowerings(dscale_p, DSCALE_TARGET)
-register_ffi_lowerings(dq_p, DQ_TARGET)
-register_ffi_lowerings(dq_dscale_p, DQ_DSCALE_TARGET)
-register_ffi_lowerings(tangent_p, TANGENT_TARGET)
+# Partitioning (SPEC.md, Scale-out): dq and the tangent are elementwise along D;
+# dscale is a sum over D, so D shards add partial sums, kept in the accumulator
+# type until after the psum.
+
+
+def _dscale_partial_params(params: dict) -> dict:
+    accumulator = np.float64 if params["scale_dtype"] == np.float64 else np.float32
+    return {**params, "scale_dtype": np.dtype(accumulator)}
+
+
+register_ffi_lowerings(
+    dscale_p, DSCALE_TARGET, partitioning=ReduceOverD(partial_params=_dscale_partial_params)
+)
+register_ffi_lowerings(dq_p, DQ_TARGET, partitioning=ELEMENTWISE)
+register_ffi_lowerings(dq_dscale_p, DQ_DSCALE_TARGET, partitioning=ReduceOverD())
+register_ffi_lowerings(tangent_p, TANGENT_TARGET, partitioning=ELEMENTWISE)
 
 # --- batching ------------------------------------------------------------------------------------
 
