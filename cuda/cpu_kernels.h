@@ -11,6 +11,12 @@ namespace jdq::cpu {
 
 std::string Dequantize(const DequantizeProblem& problem);
 
+// fake_quantize_per_token (cpu_fake_quantize.cc).
+std::string FakeQuantize(const FakeQuantizeProblem& problem);
+std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem);
+std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
+std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem);
+
 }  // namespace jdq::cpu
 
 #endif  // JAX_DEQUANT_CPU_KERNELS_H_

@@ -14,6 +14,12 @@ namespace jdq::cuda {
 
 std::string Dequantize(const DequantizeProblem& problem, cudaStream_t stream);
 
+// fake_quantize_per_token (fake_quantize.cu).
+std::string FakeQuantize(const FakeQuantizeProblem& problem, cudaStream_t stream);
+std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem, cudaStream_t stream);
+std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem, cudaStream_t stream);
+std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem, cudaStream_t stream);
+
 }  // namespace jdq::cuda
 
 #endif  // JAX_DEQUANT_CUDA_KERNELS_H_

@@ -198,6 +198,47 @@ JDQ_HOST_DEVICE int32_t asymmetric_zero_point(C lo, C hi, C stored_scale, C qmin
   return static_cast<int32_t>(level);
 }
 
+// --- fake quantization (SPEC.md, "fake quant" and "Differentiation") -----------------------------
+
+// The rounded level before clamping, rne(product + zp) with product = x * r
+// already rounded; NaN acts as the zero point (as in quantize_value).
+template <typename C>
+JDQ_HOST_DEVICE C unclamped_level(C product, C zero_point) {
+  const C level = round_half_even(add_rn(product, zero_point));
+  return level != level ? zero_point : level;
+}
+
+// Fake quantize one value: (clamp(rne(x * r + zp), qmin, qmax) - zp) * scale
+// in C; the caller rounds once to x's type. The level is quantize_value's.
+template <typename C>
+JDQ_HOST_DEVICE C fake_quantize_value(C x, C reciprocal, C zero_point, C scale, C qmin, C qmax) {
+  C level = unclamped_level(mul_rn(x, reciprocal), zero_point);
+  level = level < qmin ? qmin : level;
+  level = level > qmax ? qmax : level;
+  return dequantize_value(level, zero_point, scale);
+}
+
+// The derivatives of fake quantization at one value. `inside` is the clipped
+// straight-through mask, qmin <= rne(x * r + zp) <= qmax with both endpoints
+// included (a NaN x has level zp); `lsq` is the LSQ derivative with respect
+// to the scale: (level - zp) - x * r inside, (qbound - zp) where clipped to
+// qbound (qmin or qmax). x * r is the same rounded product as the forward's.
+template <typename C>
+struct FakeQuantizeSlopes {
+  bool inside;
+  C lsq;
+};
+
+template <typename C>
+JDQ_HOST_DEVICE FakeQuantizeSlopes<C> fake_quantize_slopes(C x, C reciprocal, C zero_point, C qmin,
+                                                           C qmax) {
+  const C product = mul_rn(x, reciprocal);
+  const C level = unclamped_level(product, zero_point);
+  if (level < qmin) return {false, sub_rn(qmin, zero_point)};
+  if (level > qmax) return {false, sub_rn(qmax, zero_point)};
+  return {true, sub_rn(sub_rn(level, zero_point), product)};
+}
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_NUMERICS_H_
