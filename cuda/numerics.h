@@ -209,13 +209,15 @@ JDQ_HOST_DEVICE C unclamped_level(C product, C zero_point) {
 }
 
 // Fake quantize one value: (clamp(rne(x * r + zp), qmin, qmax) - zp) * scale
-// in C; the caller rounds once to x's type. The level is quantize_value's.
+// in C; the caller rounds once to x's type. The level is quantize_value's, an
+// integer: a -0 level becomes +0 (adding +0), so that fake quantization is
+// dequantize(quantize(x)) bit for bit, signs of zero included.
 template <typename C>
 JDQ_HOST_DEVICE C fake_quantize_value(C x, C reciprocal, C zero_point, C scale, C qmin, C qmax) {
   C level = unclamped_level(mul_rn(x, reciprocal), zero_point);
   level = level < qmin ? qmin : level;
   level = level > qmax ? qmax : level;
-  return dequantize_value(level, zero_point, scale);
+  return dequantize_value(add_rn(level, C(0)), zero_point, scale);
 }
 
 // The derivatives of fake quantization at one value. `inside` is the clipped

@@ -72,9 +72,30 @@ def _dequantize(q, scale, zero_point, out_dtype):
 #
 # XLA would contract `x * r + zp` into an FMA on the CPU, and XLA:GPU divides
 # approximately; the contract needs the product rounded on its own and a
-# correctly rounded reciprocal. The optimization barrier keeps the product out
-# of the add's fusion, so no FMA can form. Evaluate these references on the CPU
-# (tests do) for the contract's exact reciprocal.
+# correctly rounded reciprocal. An optimization barrier does not keep the product
+# apart: XLA:CPU removes barriers before fusion, and LLVM then contracts the
+# fused multiply and add (and folds identities such as a float64 round trip).
+# rounded_product() puts a select between the product and its users, which no
+# FMA can cross. Evaluate these references on the CPU (tests do) for the
+# contract's exact reciprocal.
+
+
+def rounded_product(x, reciprocal, compute):
+    """``C(x) * r`` rounded to C on its own, so that no consumer can fuse it into an FMA.
+
+    The select returns x itself where x is NaN, where the product is NaN too;
+    its only purpose is to sit between the multiply and whatever adds to it.
+
+    Args:
+        x: input ``[..., D]``.
+        reciprocal: per-row ``1 / C(scale)`` in C, shape ``x.shape[:-1]``.
+        compute: the compute dtype C.
+
+    Returns:
+        The rounded products, dtype C.
+    """
+    values = x.astype(compute)
+    return jnp.where(jnp.isnan(values), values, values * reciprocal[..., None])
 
 
 def quantize_per_token(
@@ -144,7 +165,7 @@ def quantized_levels(x, reciprocal, zero_point, qmin, qmax, compute):
     Returns:
         The clamped levels, dtype C.
     """
-    product = jax.lax.optimization_barrier(x.astype(compute) * reciprocal[..., None])
+    product = rounded_product(x, reciprocal, compute)
     zero = (
         jnp.zeros((), compute) if zero_point is None else zero_point[..., None].astype(compute)
     )
@@ -260,13 +281,17 @@ def choose_scale(x, dtype, symmetric, scale_dtype, qmin=None, qmax=None):
     c = compute.type
     values = x.astype(compute)
     smallest_normal, largest = scale_bounds(scale_dtype, compute)
+    # XLA:CPU's max/min reductions do not propagate NaN for every shape (its
+    # library-backed reduce fusions drop them), so a NaN in a row is applied explicitly.
+    row_nan = jnp.any(jnp.isnan(values), axis=-1)
     if symmetric:
         absmax = jnp.max(jnp.abs(values), axis=-1, initial=c(0))
+        absmax = jnp.where(row_nan, c(np.nan), absmax)
         scale = jnp.where(absmax == 0, c(1), absmax * c(1.0 / qmax))
         lo = hi = None
     else:
-        lo = jnp.min(values, axis=-1, initial=c(0))
-        hi = jnp.max(values, axis=-1, initial=c(0))
+        lo = jnp.where(row_nan, c(np.nan), jnp.min(values, axis=-1, initial=c(0)))
+        hi = jnp.where(row_nan, c(np.nan), jnp.max(values, axis=-1, initial=c(0)))
         span = hi - lo
         scale = jnp.where(span == 0, c(1), span * c(1.0 / (qmax - qmin)))
     scale = jnp.where(scale < smallest_normal, smallest_normal, scale)
@@ -398,7 +423,7 @@ def fake_quantize_slopes(x, reciprocal, zero_point, qmin, qmax, compute):
         scale, ``(level - zp) - x * r`` inside and ``qbound - zp`` where the
         level is clipped to ``qbound``.
     """
-    product = jax.lax.optimization_barrier(x.astype(compute) * reciprocal[..., None])
+    product = rounded_product(x, reciprocal, compute)
     zero = (
         jnp.zeros((), compute) if zero_point is None else zero_point[..., None].astype(compute)
     )
@@ -415,6 +440,9 @@ def _fake_quantize_value(x, scale, zero_point, qmin, qmax):
     compute = v.compute_dtype(x.dtype, scale.dtype)
     reciprocal = 1 / scale.astype(compute)
     levels = quantized_levels(x, reciprocal, zero_point, qmin, qmax, compute)
+    # The levels as stored integers (a -0 level is 0), so that fake quantization is
+    # dequantize(quantize(x)) bit for bit; XLA would fold a `+ 0` away.
+    levels = levels.astype(jnp.int32).astype(compute)
     zero = jnp.zeros((), compute) if zero_point is None else zero_point[..., None].astype(compute)
     return ((levels - zero) * scale[..., None].astype(compute)).astype(x.dtype)
 
