@@ -8,6 +8,7 @@
 // they vectorize and are deterministic. Subnormals are flushed as by XLA:CPU.
 #include <cfloat>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -28,6 +29,22 @@ C CombineLanes(const C (&lanes)[kLanes], Op op) {
             op(op(lanes[4], lanes[5]), op(lanes[6], lanes[7])));
 }
 
+// `value` where the straight-through mask passes, else +0 (all bits clear).
+// Done on the bits, which the compiler keeps unconditional and vectorizes (it
+// sinks the load of a select's operand into a branch).
+template <typename T>
+inline T PassOrZero(bool pass, T value) {
+  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t,
+                                  std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>>;
+  static_assert(sizeof(T) == sizeof(Bits), "PassOrZero needs a 2, 4 or 8 byte type");
+  Bits bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits = static_cast<Bits>(bits & static_cast<Bits>(Bits{0} - static_cast<Bits>(pass)));
+  T result;
+  std::memcpy(&result, &bits, sizeof(result));
+  return result;
+}
+
 // The per-row constants of fake quantization in C.
 template <typename C>
 struct RowConstants {
@@ -44,17 +61,19 @@ RowConstants<C> LoadRow(const ScaleT* scale, const int32_t* zero_point, int64_t 
 }
 
 template <typename XT, typename ScaleT>
-void FakeQuantizeRows(const FakeQuantizeProblem& p) {
+void FakeQuantizeRows(const XT* __restrict x, const ScaleT* __restrict scale,
+                      const int32_t* __restrict zero_point, XT* __restrict out, int64_t rows,
+                      int64_t cols, int32_t range_min, int32_t range_max) {
   using C = ComputeType<ScaleT, XT>;
-  const C qmin = static_cast<C>(p.qmin);
-  const C qmax = static_cast<C>(p.qmax);
-  for (int64_t row = 0; row < p.rows; ++row) {
-    const auto k = LoadRow<C>(static_cast<const ScaleT*>(p.scale), p.zero_point, row);
-    const XT* __restrict x = static_cast<const XT*>(p.x) + row * p.cols;
-    XT* __restrict out = static_cast<XT*>(p.out) + row * p.cols;
-    for (int64_t col = 0; col < p.cols; ++col) {
-      const C value = Convert<XT>::template ToCompute<C>(x[col]);
-      out[col] = Convert<XT>::template FromCompute<C>(
+  const C qmin = static_cast<C>(range_min);
+  const C qmax = static_cast<C>(range_max);
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto k = LoadRow<C>(scale, zero_point, row);
+    const XT* x_row = x + row * cols;
+    XT* out_row = out + row * cols;
+    for (int64_t col = 0; col < cols; ++col) {
+      const C value = Convert<XT>::template ToCompute<C>(x_row[col]);
+      out_row[col] = Convert<XT>::template FromCompute<C>(
           fake_quantize_value(value, k.reciprocal, k.zero_point, k.scale, qmin, qmax));
     }
   }
@@ -64,115 +83,121 @@ void FakeQuantizeRows(const FakeQuantizeProblem& p) {
 // row widened to include 0, the scale in C stored as float32, the zero point
 // from the stored scale; then the row is fake quantized with them.
 template <typename XT>
-void FakeQuantizeDynamicRows(const FakeQuantizeDynamicProblem& p) {
+void FakeQuantizeDynamicRows(const XT* __restrict x, XT* __restrict out, float* __restrict scale,
+                             int32_t* __restrict zero_point, int64_t rows, int64_t cols,
+                             int32_t range_min, int32_t range_max, bool symmetric) {
   using C = ComputeType<float, XT>;
-  const C qmin = static_cast<C>(p.qmin);
-  const C qmax = static_cast<C>(p.qmax);
+  const C qmin = static_cast<C>(range_min);
+  const C qmax = static_cast<C>(range_max);
   // reference.scale_bounds for a float32 scale: [FLT_MIN, min(FLT_MAX, 1 / min normal of C)].
   const C smallest_normal = static_cast<C>(FLT_MIN);
   const C largest = std::is_same_v<C, float> ? C(1) / C(FLT_MIN) : static_cast<C>(FLT_MAX);
-  for (int64_t row = 0; row < p.rows; ++row) {
-    const XT* __restrict x = static_cast<const XT*>(p.x) + row * p.cols;
-    XT* __restrict out = static_cast<XT*>(p.out) + row * p.cols;
+  for (int64_t row = 0; row < rows; ++row) {
+    const XT* x_row = x + row * cols;
+    XT* out_row = out + row * cols;
     C lo_lanes[kLanes], hi_lanes[kLanes];
     for (int lane = 0; lane < kLanes; ++lane) lo_lanes[lane] = hi_lanes[lane] = C(0);
-    int64_t col = 0;
-    for (; col + kLanes <= p.cols; col += kLanes) {
+    const int64_t full = cols - cols % kLanes;
+    for (int64_t col = 0; col < full; col += kLanes) {
       for (int lane = 0; lane < kLanes; ++lane) {
-        const C value = Convert<XT>::template ToCompute<C>(x[col + lane]);
+        const C value = Convert<XT>::template ToCompute<C>(x_row[col + lane]);
         lo_lanes[lane] = min_propagate_nan(lo_lanes[lane], value);
         hi_lanes[lane] = max_propagate_nan(hi_lanes[lane], value);
       }
     }
-    for (int lane = 0; col < p.cols; ++col, ++lane) {
-      const C value = Convert<XT>::template ToCompute<C>(x[col]);
-      lo_lanes[lane] = min_propagate_nan(lo_lanes[lane], value);
-      hi_lanes[lane] = max_propagate_nan(hi_lanes[lane], value);
+    for (int64_t col = full; col < cols; ++col) {
+      const C value = Convert<XT>::template ToCompute<C>(x_row[col]);
+      lo_lanes[col - full] = min_propagate_nan(lo_lanes[col - full], value);
+      hi_lanes[col - full] = max_propagate_nan(hi_lanes[col - full], value);
     }
     const C lo = CombineLanes(lo_lanes, [](C a, C b) { return min_propagate_nan(a, b); });
     const C hi = CombineLanes(hi_lanes, [](C a, C b) { return max_propagate_nan(a, b); });
 
-    const C chosen = p.symmetric
+    const C chosen = symmetric
                          ? symmetric_scale(max_propagate_nan(hi, -lo), qmax, smallest_normal, largest)
                          : asymmetric_scale(lo, hi, qmin, qmax, smallest_normal, largest);
     const float stored = static_cast<float>(chosen);
-    const C scale = static_cast<C>(stored);
-    const int32_t zero_point =
-        p.symmetric ? 0 : asymmetric_zero_point(lo, hi, scale, qmin, qmax);
-    p.scale[row] = stored;
-    p.zero_point[row] = zero_point;
+    const C row_scale = static_cast<C>(stored);
+    const int32_t row_zero_point =
+        symmetric ? 0 : asymmetric_zero_point(lo, hi, row_scale, qmin, qmax);
+    scale[row] = stored;
+    zero_point[row] = row_zero_point;
 
-    const C reciprocal = reciprocal_rn(scale);
-    const C zero = static_cast<C>(zero_point);
-    for (col = 0; col < p.cols; ++col) {
-      const C value = Convert<XT>::template ToCompute<C>(x[col]);
-      out[col] = Convert<XT>::template FromCompute<C>(
-          fake_quantize_value(value, reciprocal, zero, scale, qmin, qmax));
+    const C reciprocal = reciprocal_rn(row_scale);
+    const C zero = static_cast<C>(row_zero_point);
+    for (int64_t col = 0; col < cols; ++col) {
+      const C value = Convert<XT>::template ToCompute<C>(x_row[col]);
+      out_row[col] = Convert<XT>::template FromCompute<C>(
+          fake_quantize_value(value, reciprocal, zero, row_scale, qmin, qmax));
     }
   }
 }
 
 template <typename XT, typename ScaleT, bool kHasTangentX, bool kHasTangentScale>
-void FakeQuantizeTangentRows(const FakeQuantizeTangentProblem& p) {
+void FakeQuantizeTangentRows(const XT* __restrict x, const ScaleT* __restrict scale,
+                             const int32_t* __restrict zero_point, const XT* __restrict tangent_x,
+                             const ScaleT* __restrict tangent_scale, XT* __restrict out,
+                             int64_t rows, int64_t cols, int32_t range_min, int32_t range_max) {
   using C = ComputeType<ScaleT, XT>;
-  const C qmin = static_cast<C>(p.qmin);
-  const C qmax = static_cast<C>(p.qmax);
-  const XT zero = Convert<XT>::template FromCompute<C>(C(0));
-  for (int64_t row = 0; row < p.rows; ++row) {
-    const auto k = LoadRow<C>(static_cast<const ScaleT*>(p.scale), p.zero_point, row);
-    C tangent_scale = C(0);
-    if constexpr (kHasTangentScale) {
-      tangent_scale =
-          Convert<ScaleT>::template ToCompute<C>(static_cast<const ScaleT*>(p.tangent_scale)[row]);
-    }
-    const XT* __restrict x = static_cast<const XT*>(p.x) + row * p.cols;
-    const XT* __restrict tangent_x =
-        kHasTangentX ? static_cast<const XT*>(p.tangent_x) + row * p.cols : nullptr;
-    XT* __restrict out = static_cast<XT*>(p.out) + row * p.cols;
-    for (int64_t col = 0; col < p.cols; ++col) {
-      const auto slopes = fake_quantize_slopes(Convert<XT>::template ToCompute<C>(x[col]),
+  const C qmin = static_cast<C>(range_min);
+  const C qmax = static_cast<C>(range_max);
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto k = LoadRow<C>(scale, zero_point, row);
+    const C row_tangent_scale =
+        kHasTangentScale ? Convert<ScaleT>::template ToCompute<C>(tangent_scale[row]) : C(0);
+    const XT* x_row = x + row * cols;
+    const XT* tangent_row = kHasTangentX ? tangent_x + row * cols : nullptr;
+    XT* out_row = out + row * cols;
+    for (int64_t col = 0; col < cols; ++col) {
+      const auto slopes = fake_quantize_slopes(Convert<XT>::template ToCompute<C>(x_row[col]),
                                                k.reciprocal, k.zero_point, qmin, qmax);
       if constexpr (!kHasTangentScale) {
-        out[col] = slopes.inside ? tangent_x[col] : zero;
+        const XT tangent = tangent_row[col];
+        out_row[col] = PassOrZero(slopes.inside, tangent);
       } else if constexpr (!kHasTangentX) {
-        out[col] = Convert<XT>::template FromCompute<C>(mul_rn(slopes.lsq, tangent_scale));
+        out_row[col] =
+            Convert<XT>::template FromCompute<C>(mul_rn(slopes.lsq, row_tangent_scale));
       } else {
-        const C passed =
-            slopes.inside ? Convert<XT>::template ToCompute<C>(tangent_x[col]) : C(0);
-        out[col] = Convert<XT>::template FromCompute<C>(
-            add_rn(passed, mul_rn(slopes.lsq, tangent_scale)));
+        const C tangent = Convert<XT>::template ToCompute<C>(tangent_row[col]);
+        const C passed = PassOrZero(slopes.inside, tangent);
+        out_row[col] = Convert<XT>::template FromCompute<C>(
+            add_rn(passed, mul_rn(slopes.lsq, row_tangent_scale)));
       }
     }
   }
 }
 
 template <typename XT, typename ScaleT, bool kWantGradX>
-void FakeQuantizeBackwardRows(const FakeQuantizeBackwardProblem& p) {
+void FakeQuantizeBackwardRows(const XT* __restrict x, const ScaleT* __restrict scale,
+                              const int32_t* __restrict zero_point,
+                              const XT* __restrict cotangent, XT* __restrict grad_x,
+                              ScaleT* __restrict grad_scale, int64_t rows, int64_t cols,
+                              int32_t range_min, int32_t range_max) {
   using C = ComputeType<ScaleT, XT>;
-  const C qmin = static_cast<C>(p.qmin);
-  const C qmax = static_cast<C>(p.qmax);
-  const XT zero = Convert<XT>::template FromCompute<C>(C(0));
-  for (int64_t row = 0; row < p.rows; ++row) {
-    const auto k = LoadRow<C>(static_cast<const ScaleT*>(p.scale), p.zero_point, row);
-    const XT* __restrict x = static_cast<const XT*>(p.x) + row * p.cols;
-    const XT* __restrict cotangent = static_cast<const XT*>(p.cotangent) + row * p.cols;
-    XT* __restrict grad_x = kWantGradX ? static_cast<XT*>(p.grad_x) + row * p.cols : nullptr;
+  const C qmin = static_cast<C>(range_min);
+  const C qmax = static_cast<C>(range_max);
+  for (int64_t row = 0; row < rows; ++row) {
+    const auto k = LoadRow<C>(scale, zero_point, row);
+    const XT* x_row = x + row * cols;
+    const XT* cotangent_row = cotangent + row * cols;
+    XT* grad_row = kWantGradX ? grad_x + row * cols : nullptr;
     C lanes[kLanes];
     for (int lane = 0; lane < kLanes; ++lane) lanes[lane] = C(0);
     auto element = [&](int64_t col, int lane) {
-      const auto slopes = fake_quantize_slopes(Convert<XT>::template ToCompute<C>(x[col]),
+      const auto slopes = fake_quantize_slopes(Convert<XT>::template ToCompute<C>(x_row[col]),
                                                k.reciprocal, k.zero_point, qmin, qmax);
-      if constexpr (kWantGradX) grad_x[col] = slopes.inside ? cotangent[col] : zero;
+      const XT cotangent_value = cotangent_row[col];
+      if constexpr (kWantGradX) grad_row[col] = PassOrZero(slopes.inside, cotangent_value);
       lanes[lane] = add_rn(
-          lanes[lane], mul_rn(Convert<XT>::template ToCompute<C>(cotangent[col]), slopes.lsq));
+          lanes[lane], mul_rn(Convert<XT>::template ToCompute<C>(cotangent_value), slopes.lsq));
     };
-    int64_t col = 0;
-    for (; col + kLanes <= p.cols; col += kLanes) {
+    const int64_t full = cols - cols % kLanes;
+    for (int64_t col = 0; col < full; col += kLanes) {
       for (int lane = 0; lane < kLanes; ++lane) element(col + lane, lane);
     }
-    for (int lane = 0; col < p.cols; ++col, ++lane) element(col, lane);
+    for (int64_t col = full; col < cols; ++col) element(col, static_cast<int>(col - full));
     const C sum = CombineLanes(lanes, [](C a, C b) { return add_rn(a, b); });
-    static_cast<ScaleT*>(p.grad_scale)[row] = Convert<ScaleT>::template FromCompute<C>(sum);
+    grad_scale[row] = Convert<ScaleT>::template FromCompute<C>(sum);
   }
 }
 
@@ -181,7 +206,10 @@ void FakeQuantizeBackwardRows(const FakeQuantizeBackwardProblem& p) {
 std::string FakeQuantize(const FakeQuantizeProblem& p) {
   ScopedFlushDenormals flush;
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
-    FakeQuantizeRows<typename decltype(x_tag)::type, typename decltype(scale_tag)::type>(p);
+    using XT = typename decltype(x_tag)::type;
+    using ScaleT = typename decltype(scale_tag)::type;
+    FakeQuantizeRows(static_cast<const XT*>(p.x), static_cast<const ScaleT*>(p.scale),
+                     p.zero_point, static_cast<XT*>(p.out), p.rows, p.cols, p.qmin, p.qmax);
     return std::string();
   });
 }
@@ -189,7 +217,9 @@ std::string FakeQuantize(const FakeQuantizeProblem& p) {
 std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p) {
   ScopedFlushDenormals flush;
   return VisitFloat<CpuTypes>(p.x_type, [&](auto x_tag) {
-    FakeQuantizeDynamicRows<typename decltype(x_tag)::type>(p);
+    using XT = typename decltype(x_tag)::type;
+    FakeQuantizeDynamicRows(static_cast<const XT*>(p.x), static_cast<XT*>(p.out), p.scale,
+                            p.zero_point, p.rows, p.cols, p.qmin, p.qmax, p.symmetric);
     return std::string();
   });
 }
@@ -199,16 +229,19 @@ std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p) {
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
+    const auto run = [&](auto has_x, auto has_scale) {
+      FakeQuantizeTangentRows<XT, ScaleT, decltype(has_x)::value, decltype(has_scale)::value>(
+          static_cast<const XT*>(p.x), static_cast<const ScaleT*>(p.scale), p.zero_point,
+          static_cast<const XT*>(p.tangent_x), static_cast<const ScaleT*>(p.tangent_scale),
+          static_cast<XT*>(p.out), p.rows, p.cols, p.qmin, p.qmax);
+      return std::string();
+    };
     if (p.tangent_x != nullptr && p.tangent_scale != nullptr) {
-      FakeQuantizeTangentRows<XT, ScaleT, true, true>(p);
-    } else if (p.tangent_x != nullptr) {
-      FakeQuantizeTangentRows<XT, ScaleT, true, false>(p);
-    } else if (p.tangent_scale != nullptr) {
-      FakeQuantizeTangentRows<XT, ScaleT, false, true>(p);
-    } else {
-      return std::string("fake_quantize_per_token tangent: no tangent given");
+      return run(std::true_type{}, std::true_type{});
     }
-    return std::string();
+    if (p.tangent_x != nullptr) return run(std::true_type{}, std::false_type{});
+    if (p.tangent_scale != nullptr) return run(std::false_type{}, std::true_type{});
+    return std::string("fake_quantize_per_token tangent: no tangent given");
   });
 }
 
@@ -217,12 +250,14 @@ std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& p) {
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
-    if (p.grad_x != nullptr) {
-      FakeQuantizeBackwardRows<XT, ScaleT, true>(p);
-    } else {
-      FakeQuantizeBackwardRows<XT, ScaleT, false>(p);
-    }
-    return std::string();
+    const auto run = [&](auto want_grad_x) {
+      FakeQuantizeBackwardRows<XT, ScaleT, decltype(want_grad_x)::value>(
+          static_cast<const XT*>(p.x), static_cast<const ScaleT*>(p.scale), p.zero_point,
+          static_cast<const XT*>(p.cotangent), static_cast<XT*>(p.grad_x),
+          static_cast<ScaleT*>(p.grad_scale), p.rows, p.cols, p.qmin, p.qmax);
+      return std::string();
+    };
+    return p.grad_x != nullptr ? run(std::true_type{}) : run(std::false_type{});
   });
 }
 

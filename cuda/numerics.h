@@ -236,9 +236,12 @@ JDQ_HOST_DEVICE FakeQuantizeSlopes<C> fake_quantize_slopes(C x, C reciprocal, C 
                                                            C qmax) {
   const C product = mul_rn(x, reciprocal);
   const C level = unclamped_level(product, zero_point);
-  if (level < qmin) return {false, sub_rn(qmin, zero_point)};
-  if (level > qmax) return {false, sub_rn(qmax, zero_point)};
-  return {true, sub_rn(sub_rn(level, zero_point), product)};
+  // Branch-free, so that CPU loops over it vectorize.
+  const bool below = level < qmin;
+  const bool inside = !below && !(level > qmax);
+  const C clipped = sub_rn(below ? qmin : qmax, zero_point);
+  const C unclipped = sub_rn(sub_rn(level, zero_point), product);
+  return {inside, inside ? unclipped : clipped};
 }
 
 }  // namespace jdq
