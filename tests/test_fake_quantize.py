@@ -423,6 +423,11 @@ def test_clipped_gradient_and_lsq_by_hand(device):
     np.testing.assert_array_equal(dx, np.where(inside, cotangent, 0.0))
     lsq = np.where(levels > 7, 7 - 2, np.where(levels < -8, -8 - 2, (levels - 2) - x))
     np.testing.assert_allclose(ds, (cotangent * lsq).sum(-1), rtol=1e-12)
+    # The int32 zero point gets no gradient: float0, as JAX requires.
+    grad_zp = jax.grad(
+        lambda zp: jnp.sum(jdq.fake_quantize_per_token(x, scale, zp, **kwargs)), allow_int=True
+    )(zero_point)
+    assert grad_zp.dtype == jax.dtypes.float0 and grad_zp.shape == zero_point.shape
     # A NaN x has level zp: inside, so dy passes; its LSQ term is NaN.
     dx, ds = _vjp(jdq.fake_quantize_per_token, device, np.array([[np.nan, 1.0]]), scale,
                   zero_point, np.ones((1, 2)), **kwargs)
