@@ -1,14 +1,14 @@
 // CPU kernels: plain row loops that the compiler vectorizes.
 //
 // Arithmetic runs with subnormals flushed to zero (inputs and results), as
-// XLA:CPU does for its own computations (ScopedFlushDenormals, cpu_common.h),
-// so our results and XLA's compiled reference agree bit for bit on the CPU.
+// XLA:CPU does for its own computations, so our results and XLA's compiled
+// reference agree bit for bit on the CPU.
 #include "cpu_kernels.h"
 
 #include <cstdint>
 #include <string>
 
-#include "cpu_common.h"
+#include "cpu_flush.h"
 #include "cpu_types.h"
 #include "dispatch.h"
 #include "numerics.h"

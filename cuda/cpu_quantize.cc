@@ -1,7 +1,7 @@
 // CPU quantize kernels, static and dynamic: plain row loops that the compiler
-// vectorizes, run with subnormals flushed to zero like XLA:CPU
-// (ScopedFlushDenormals), so that they agree bit for bit with XLA's compiled
-// reference on the CPU.
+// vectorizes (for AVX2 and the baseline ISA, JDQ_CPU_CLONES), run with
+// subnormals flushed to zero like XLA:CPU (ScopedFlushDenormals, cpu_flush.h),
+// so that they agree bit for bit with XLA's compiled reference on the CPU.
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cpu_common.h"
+#include "cpu_flush.h"
 #include "cpu_kernels.h"
 #include "cpu_types.h"
 #include "dispatch.h"

@@ -74,6 +74,24 @@ std::string VisitDequantizeTypes(DType q_type, DType scale_type, DType out_type,
   });
 }
 
+// Dispatches fake quantization's (x, scale) pair: fn(x_tag, scale_tag) for a
+// float x with a scale of x's type or float32.
+template <typename Types, typename Fn>
+std::string VisitFakeQuantizeTypes(DType x_type, DType scale_type, Fn&& fn) {
+  return VisitFloat<Types>(x_type, [&](auto x_tag) -> std::string {
+    using XT = typename decltype(x_tag)::type;
+    return VisitFloat<Types>(scale_type, [&](auto scale_tag) -> std::string {
+      using ScaleT = typename decltype(scale_tag)::type;
+      if constexpr (!kAllowedScaleOut<ScaleT, XT>) {
+        return std::string("scale dtype ") + DTypeName(scale_type) + " with x dtype " +
+               DTypeName(x_type) + " is not an allowed pair";
+      } else {
+        return fn(x_tag, scale_tag);
+      }
+    });
+  });
+}
+
 // Calls fn(TypeTag<T>{}) for quantized storage proper: int8 or uint8.
 template <typename Fn>
 std::string VisitQuantized(DType type, Fn&& fn) {
@@ -89,24 +107,25 @@ std::string VisitQuantized(DType type, Fn&& fn) {
 
 // Dispatches an (input, scale, storage) triple of the quantize ops:
 // fn(x_tag, scale_tag, q_tag). Static quantization (kAnyScale = false) takes
-// the pairs of kAllowedScaleOut (scale of x's type, or float32); dynamic
-// quantization (kAnyScale = true) stores its scale in any float type.
+// the (x, scale) pairs of VisitFakeQuantizeTypes (a scale of x's type, or
+// float32); dynamic quantization (kAnyScale = true) stores its scale in any
+// float type.
 template <typename Types, bool kAnyScale, typename Fn>
 std::string VisitQuantizeTypes(DType x_type, DType scale_type, DType q_type, Fn&& fn) {
-  return VisitFloat<Types>(x_type, [&](auto x_tag) -> std::string {
-    using XT = typename decltype(x_tag)::type;
-    return VisitFloat<Types>(scale_type, [&](auto scale_tag) -> std::string {
-      using ScaleT = typename decltype(scale_tag)::type;
-      if constexpr (!kAnyScale && !kAllowedScaleOut<ScaleT, XT>) {
-        return std::string("scale dtype ") + DTypeName(scale_type) + " with input dtype " +
-               DTypeName(x_type) + " is not an allowed pair";
-      } else {
-        return VisitQuantized(q_type, [&](auto q_tag) -> std::string {
-          return fn(x_tag, scale_tag, q_tag);
-        });
-      }
+  auto with_storage = [&](auto x_tag, auto scale_tag) -> std::string {
+    return VisitQuantized(q_type, [&](auto q_tag) -> std::string {
+      return fn(x_tag, scale_tag, q_tag);
     });
-  });
+  };
+  if constexpr (kAnyScale) {
+    return VisitFloat<Types>(x_type, [&](auto x_tag) -> std::string {
+      return VisitFloat<Types>(scale_type, [&](auto scale_tag) -> std::string {
+        return with_storage(x_tag, scale_tag);
+      });
+    });
+  } else {
+    return VisitFakeQuantizeTypes<Types>(x_type, scale_type, with_storage);
+  }
 }
 
 }  // namespace jdq

@@ -269,6 +269,52 @@ inline ScaleRange<C> ScaleRangeFor(DType scale_type) {
                        static_cast<C>(largest < cap ? largest : cap)};
 }
 
+// --- fake quantization (SPEC.md, "fake quant" and "Differentiation") -----------------------------
+
+// The rounded level before clamping, rne(product + zp) with product = x * r
+// already rounded; NaN acts as the zero point (as in quantize_value).
+template <typename C>
+JDQ_HOST_DEVICE C unclamped_level(C product, C zero_point) {
+  const C level = round_half_even(add_rn(product, zero_point));
+  return level != level ? zero_point : level;
+}
+
+// Fake quantize one value: (clamp(rne(x * r + zp), qmin, qmax) - zp) * scale
+// in C; the caller rounds once to x's type. The level is quantize_value's, an
+// integer: a -0 level becomes +0 (adding +0), so that fake quantization is
+// dequantize(quantize(x)) bit for bit, signs of zero included.
+template <typename C>
+JDQ_HOST_DEVICE C fake_quantize_value(C x, C reciprocal, C zero_point, C scale, C qmin, C qmax) {
+  C level = unclamped_level(mul_rn(x, reciprocal), zero_point);
+  level = level < qmin ? qmin : level;
+  level = level > qmax ? qmax : level;
+  return dequantize_value(add_rn(level, C(0)), zero_point, scale);
+}
+
+// The derivatives of fake quantization at one value. `inside` is the clipped
+// straight-through mask, qmin <= rne(x * r + zp) <= qmax with both endpoints
+// included (a NaN x has level zp); `lsq` is the LSQ derivative with respect
+// to the scale: (level - zp) - x * r inside, (qbound - zp) where clipped to
+// qbound (qmin or qmax). x * r is the same rounded product as the forward's.
+template <typename C>
+struct FakeQuantizeSlopes {
+  bool inside;
+  C lsq;
+};
+
+template <typename C>
+JDQ_HOST_DEVICE FakeQuantizeSlopes<C> fake_quantize_slopes(C x, C reciprocal, C zero_point, C qmin,
+                                                           C qmax) {
+  const C product = mul_rn(x, reciprocal);
+  const C level = unclamped_level(product, zero_point);
+  // Branch-free, so that CPU loops over it vectorize.
+  const bool below = level < qmin;
+  const bool inside = !below && !(level > qmax);
+  const C clipped = sub_rn(below ? qmin : qmax, zero_point);
+  const C unclipped = sub_rn(sub_rn(level, zero_point), product);
+  return {inside, inside ? unclipped : clipped};
+}
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_NUMERICS_H_
