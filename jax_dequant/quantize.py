@@ -21,6 +21,7 @@ from jax.interpreters import ad, batching
 
 from jax_dequant import _config, plan, reference
 from jax_dequant import _validation as v
+from jax_dequant._partitioning import ELEMENTWISE
 from jax_dequant._primitive_utils import define_primitive, register_ffi_lowerings
 from jax_dequant.dequantize import batch_size, move_batch_axis_to_front
 
@@ -89,14 +90,15 @@ def _quantize_abstract_eval(x, scale, *zero_point, dtype, qmin, qmax):
 
 quantize_p.def_abstract_eval(_quantize_abstract_eval)
 
-# --- lowering ------------------------------------------------------------------------------------
+# --- lowering and partitioning -------------------------------------------------------------------
 
 
 def _attributes(*, dtype, qmin, qmax) -> dict:
     return {"qmin": np.int32(qmin), "qmax": np.int32(qmax)}
 
 
-register_ffi_lowerings(quantize_p, FFI_TARGET, _attributes)
+# Elementwise along D: every shard quantizes locally, no collective.
+register_ffi_lowerings(quantize_p, FFI_TARGET, _attributes, partitioning=ELEMENTWISE)
 
 # --- batching ------------------------------------------------------------------------------------
 

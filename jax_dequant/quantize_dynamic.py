@@ -28,8 +28,10 @@ from jax.interpreters import ad, batching
 
 from jax_dequant import _config, plan, reference
 from jax_dequant import _validation as v
+from jax_dequant._partitioning import RowStatistics, row_aval
 from jax_dequant._primitive_utils import define_primitive, register_ffi_lowerings
-from jax_dequant.quantize import integer_output_tangent
+from jax_dequant._row_statistics import sharded_dynamic
+from jax_dequant.quantize import integer_output_tangent, quantize_p
 
 FFI_TARGET = "jax_dequant_quantize_per_token_dynamic"
 
@@ -102,24 +104,50 @@ def quantize_per_token_dynamic(
 
 
 def _quantize_dynamic_abstract_eval(x, *, dtype, symmetric, scale_dtype, qmin, qmax):
-    row_shape = x.shape[:-1]
     return (
         x.update(dtype=dtype, weak_type=False),
-        x.update(shape=row_shape, dtype=scale_dtype, weak_type=False),
-        x.update(shape=row_shape, dtype=np.dtype(np.int32), weak_type=False),
+        row_aval(x, scale_dtype),
+        row_aval(x, np.int32),
     )
 
 
 quantize_dynamic_p.def_abstract_eval(_quantize_dynamic_abstract_eval)
 
-# --- lowering ------------------------------------------------------------------------------------
+# --- lowering and partitioning -------------------------------------------------------------------
 
 
 def _attributes(*, dtype, symmetric, scale_dtype, qmin, qmax) -> dict:
     return {"symmetric": bool(symmetric), "qmin": np.int32(qmin), "qmax": np.int32(qmax)}
 
 
-register_ffi_lowerings(quantize_dynamic_p, FFI_TARGET, _attributes)
+def _finish_shard(x, scale, zero_point, *, dtype, symmetric, scale_dtype, qmin, qmax):
+    """Quantizes a D shard with the row's global scale (chosen from all shards).
+
+    The static kernel takes a scale of x's dtype or float32, so the stored scale
+    is handed over in C (exact: C holds every scale dtype it goes with), and x
+    in C when only the scale made C float64: the same arithmetic, the same bits
+    as the fused kernel on the whole row.
+    """
+    if v.compute_dtype(x.dtype, scale_dtype) == np.float64:
+        operands = (x.astype(np.float64), scale.astype(np.float64))
+    else:
+        operands = (x, scale.astype(np.float32))
+    if not symmetric:
+        operands += (zero_point,)
+    q = quantize_p.bind(*operands, dtype=dtype, qmin=qmin, qmax=qmax)
+    return q, scale, zero_point
+
+
+# Row statistics: with D sharded, each device reduces its shard, one cross-shard
+# max/min makes the range global, and the shard is quantized with that scale.
+register_ffi_lowerings(
+    quantize_dynamic_p,
+    FFI_TARGET,
+    _attributes,
+    partitioning=RowStatistics(
+        sharded=sharded_dynamic(_finish_shard, lambda params: params["scale_dtype"])
+    ),
+)
 
 # --- batching ------------------------------------------------------------------------------------
 
