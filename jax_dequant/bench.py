@@ -504,7 +504,7 @@ def _time_batch(fn, input_sets, calls: int, tag: str) -> float:
 
 
 def measure_gpu(cases: list[Case], compiled: dict, log_dir: str, use_profiler: bool,
-                progress: Callable[[str], None]) -> dict:
+                progress: Callable[[str], None], keep_traces: bool = False) -> dict:
     """Times every available (case, impl) on the GPU; returns {(index, impl): Timing}."""
     walls: dict[tuple[int, str], tuple[float, int]] = {}
     trace_dir = tempfile.mkdtemp(prefix="jdq_trace_", dir=log_dir)
@@ -544,7 +544,8 @@ def measure_gpu(cases: list[Case], compiled: dict, log_dir: str, use_profiler: b
                 progress(f"{case.label} {impl}: {how}; using wall-clock")
         else:
             timings[(index, impl)] = Timing(seconds, how, wall, per_call)
-    _remove_tree(trace_dir)
+    if not keep_traces:
+        _remove_tree(trace_dir)
     return timings
 
 
@@ -576,12 +577,16 @@ def measure_cpu(cases: list[Case], compiled: dict, progress: Callable[[str], Non
 def compile_cases(cases: list[Case], progress: Callable[[str], None]) -> tuple[dict, list]:
     """Compiles and warms up ours and XLA's function of every case.
 
+    The smallest case goes first: if ours fails there (an op without a kernel
+    on this platform, a derivative not implemented yet), the whole op is
+    reported unavailable at once.
+
     Returns:
-        ({(index, impl): compiled fn}, [(label, impl, reason)] for those that failed).
+        ({(index, impl): compiled fn}, [(what, impl, reason)] for those that failed).
     """
     compiled: dict = {}
     failed: list = []
-    for case in cases:
+    for position, case in enumerate(sorted(cases, key=lambda c: c.bytes)):
         inputs = case.make_inputs(0)
         for impl, fn in (("ours", case.ours), ("xla", case.xla)):
             jitted = _named_jit(fn, case.tag(impl))
@@ -590,16 +595,18 @@ def compile_cases(cases: list[Case], progress: Callable[[str], None]) -> tuple[d
                     _block(jitted(*inputs))
             except Exception as error:  # noqa: BLE001 - e.g. an op without a kernel here
                 message = str(error).strip().splitlines()
-                reason = f"{type(error).__name__}: {message[0] if message else ''}"[:160]
+                reason = f"{type(error).__name__}: {message[0] if message else ''}"[:200]
+                if position == 0 and impl == "ours":
+                    return {}, [(f"{case.op} (all {len(cases)} cases)", impl, reason)]
                 failed.append((case.label, impl, reason))
-                continue
+                break  # without ours there is nothing to compare XLA with
             compiled[(case.index, impl)] = jitted
         del inputs
     return compiled, failed
 
 
 def measure_copy(device, platform: str, log_dir: str, use_profiler: bool,
-                 progress: Callable[[str], None], nbytes: int) -> dict:
+                 progress: Callable[[str], None], nbytes: int, keep_traces: bool = False) -> dict:
     """Device-to-device copy bandwidth (bytes read + written) of an ``nbytes`` buffer."""
     side = int(math.isqrt(nbytes))
     copy_case = Case("copy", "u8", (side, nbytes // side), 2 * side * (nbytes // side),
@@ -612,8 +619,8 @@ def measure_copy(device, platform: str, log_dir: str, use_profiler: bool,
         _block(fn(*buffer))
     compiled = {(copy_case.index, "ours"): fn}
     if platform == "gpu":
-        timing = measure_gpu([copy_case], compiled, log_dir, use_profiler, progress)[
-            (copy_case.index, "ours")]
+        timing = measure_gpu([copy_case], compiled, log_dir, use_profiler, progress,
+                             keep_traces)[(copy_case.index, "ours")]
     else:
         timing = measure_cpu([copy_case], compiled, progress)[(copy_case.index, "ours")]
     del buffer
@@ -830,6 +837,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--png", default=None, help="write a plot to this path (needs matplotlib)")
     parser.add_argument("--copy-mib", type=int, default=None,
                         help="size of the copy-bandwidth buffer (default: 1024 on a GPU, 256 on a CPU)")
+    parser.add_argument("--markdown", default=None, help="write the table as Markdown to this path")
+    parser.add_argument("--keep-traces", default=None, metavar="DIR",
+                        help="GPU: keep the profiler traces under DIR (default: deleted)")
     parser.add_argument("--no-profiler", action="store_true",
                         help="GPU: time by wall clock instead of the profiler")
     args = parser.parse_args(argv)
@@ -850,7 +860,29 @@ def _device_for(platform: str):
     return devices[0]
 
 
+def format_markdown(rows: list[dict], copy: dict, meta: dict) -> str:
+    """The results as a Markdown table (for README.md)."""
+    lines = [
+        f"Device: {meta['device']}; jax {meta['jax']}; timing: {meta['method']}; "
+        f"copy bandwidth {copy['gbps']:.0f} GB/s. Speedup = XLA time / our time.",
+        "",
+        "| op | dtype | shape | ours (us) | XLA (us) | ours GB/s | % of copy | speedup |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        note = " (L2)" if row["l2_resident"] and meta["platform"] == "gpu" else ""
+        cells = [
+            row["op"], row["dtype"], f"{row['shape'][0]}x{row['shape'][1]}{note}",
+            _fmt(row.get("ours_us"), ".1f", 0), _fmt(row.get("xla_us"), ".1f", 0),
+            _fmt(row.get("ours_gbps"), ".0f", 0), _fmt(row.get("ours_pct_copy"), ".1f", 0),
+            _fmt(row.get("speedup"), ".2f", 0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmark; see the module docstring and ``--help``."""
     args = parse_args(argv)
     started = time.perf_counter()
     platform = args.platform or ("gpu" if jax.default_backend() in ("gpu", "cuda") else "cpu")
@@ -887,19 +919,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m jax_dequant.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "complete": False,
     }
     progress(f"{meta['device']}, jax {meta['jax']}, method: {method}")
+
+    timings: dict = {}
+    failed: list = []
+    copy: dict = {}
+
+    def results() -> tuple[list, list]:
+        rows = results_rows(cases, timings, copy.get("gbps", 0.0))
+        meta["methods_used"] = sorted(
+            {r.get(f"{i}_method") for r in rows for i in ("ours", "xla")} - {None, "unavailable"})
+        meta["elapsed_s"] = round(time.perf_counter() - started, 1)
+        return rows, check_goals(rows, platform)
+
+    def write_json() -> None:
+        if not args.json:
+            return
+        rows, goals = results()
+        with open(args.json, "w") as handle:
+            json.dump({"meta": meta, "copy": copy, "results": rows, "goals": goals,
+                       "unavailable": [list(f) for f in failed],
+                       "not_benchmarked": [list(s) for s in skipped]}, handle, indent=1)
 
     with jax.default_device(device):
         cases, skipped = build_cases(ops, dtypes, shapes, device)
         for op, reason in skipped:
             progress(f"skipping {op}: {reason}")
-        log_dir = tempfile.mkdtemp(prefix="jdq_bench_")
+        log_dir = args.keep_traces or tempfile.mkdtemp(prefix="jdq_bench_")
+        os.makedirs(log_dir, exist_ok=True)
         copy_mib = args.copy_mib or (COPY_BYTES // MIB if platform == "gpu" else COPY_BYTES // MIB // 4)
-        copy = measure_copy(device, platform, log_dir, use_profiler, progress, copy_mib * MIB)
+        copy.update(measure_copy(device, platform, log_dir, use_profiler, progress,
+                                 copy_mib * MIB, keep_traces=bool(args.keep_traces)))
         progress(f"copy bandwidth {copy['gbps']:.1f} GB/s ({copy['method']})")
-        timings: dict = {}
-        failed: list = []
         for op in ops:
             op_cases = [c for c in cases if c.op == op]
             if not op_cases:
@@ -911,18 +964,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress(f"{label} {impl} unavailable: {reason}")
             progress(f"{op}: timing")
             if platform == "gpu":
-                timings.update(measure_gpu(op_cases, compiled, log_dir, use_profiler, progress))
+                timings.update(measure_gpu(op_cases, compiled, log_dir, use_profiler, progress,
+                                           keep_traces=bool(args.keep_traces)))
             else:
                 timings.update(measure_cpu(op_cases, compiled, progress))
             del compiled
-        _remove_tree(log_dir)
+            write_json()  # partial results survive a run that is cut short
+        if not args.keep_traces:
+            _remove_tree(log_dir)
 
-    rows = results_rows(cases, timings, copy["gbps"])
-    goals = check_goals(rows, platform)
-    methods = sorted({r.get(f"{i}_method") for r in rows for i in ("ours", "xla")} - {None})
-    meta["methods_used"] = methods
-    meta["elapsed_s"] = round(time.perf_counter() - started, 1)
-
+    meta["complete"] = True
+    rows, goals = results()
+    methods = meta["methods_used"]
     print(f"\njax_dequant benchmark on {meta['device']}; jax {meta['jax']}; {meta['date']}")
     print(f"timing: {method}; used: {', '.join(methods) or '-'}")
     print(f"copy bandwidth: {copy['gbps']:.1f} GB/s ({copy['bytes'] / MIB:.0f} MiB read+written, "
@@ -938,12 +991,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"not benchmarked: {op}: {reason}")
     print("\nGoals:")
     print(format_goals(goals))
+    write_json()
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "copy": copy, "results": rows, "goals": goals,
-                       "unavailable": [list(f) for f in failed],
-                       "not_benchmarked": [list(s) for s in skipped]}, handle, indent=1)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(format_markdown(rows, copy, meta))
+        print(f"wrote {args.markdown}")
     if args.png:
         problem = write_png(rows, copy, meta, args.png)
         print(f"wrote {args.png}" if problem is None else f"no plot: {problem}")
