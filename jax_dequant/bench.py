@@ -508,31 +508,39 @@ def measure_gpu(cases: list[Case], compiled: dict, log_dir: str, use_profiler: b
     """Times every available (case, impl) on the GPU; returns {(index, impl): Timing}."""
     walls: dict[tuple[int, str], tuple[float, int]] = {}
     trace_dir = tempfile.mkdtemp(prefix="jdq_trace_", dir=log_dir)
-    context = _trace(trace_dir) if use_profiler else contextlib.nullcontext()
-    try:
-        with context:
-            for case in cases:
-                impls = [impl for impl in ("ours", "xla") if (case.index, impl) in compiled]
-                if not impls:
-                    continue
-                calls = _calls_for(case.bytes, "gpu")
-                inputs = [case.make_inputs(100 + i) for i in range(_input_sets(case))]
-                for impl in impls:
-                    fn = compiled[(case.index, impl)]
-                    walls[(case.index, impl)] = (
-                        _time_batch(fn, inputs, calls, case.tag(impl)), calls)
-                del inputs
-    except Exception as error:  # noqa: BLE001 - the profiler failing must not lose the run
-        progress(f"profiler trace failed ({type(error).__name__}: {error}); using wall-clock")
-        use_profiler = False
+
+    def run_batches() -> None:
+        walls.clear()
+        for case in cases:
+            impls = [impl for impl in ("ours", "xla") if (case.index, impl) in compiled]
+            if not impls:
+                continue
+            calls = _calls_for(case.bytes, "gpu")
+            inputs = [case.make_inputs(100 + i) for i in range(_input_sets(case))]
+            for impl in impls:
+                fn = compiled[(case.index, impl)]
+                walls[(case.index, impl)] = (_time_batch(fn, inputs, calls, case.tag(impl)), calls)
+            del inputs
+
+    if use_profiler:
+        try:
+            with _trace(trace_dir):
+                run_batches()
+        except Exception as error:  # noqa: BLE001 - the profiler failing must not lose the run
+            progress(f"profiler trace failed ({type(error).__name__}: {error}); using wall-clock")
+            use_profiler = False
+            run_batches()
+    else:
+        run_batches()
     events, source = ([], "profiler not used")
     if use_profiler:
         events, source = load_trace_events(trace_dir)
         if not events:
             progress(f"no GPU events in the trace ({source}); using wall-clock")
     timings = {}
+    by_index = {case.index: case for case in cases}
     for (index, impl), (wall, calls) in walls.items():
-        case = cases[index]
+        case = by_index[index]
         seconds, how, per_call = (None, source, 0)
         if events:
             seconds, how, per_call = attribute(events, case.tag(impl), calls)

@@ -99,3 +99,22 @@ def test_cpu_run_end_to_end(tmp_path, capsys):
     if not hasattr(jdq, "quantize_per_token"):
         assert ["quantize", "jax_dequant does not export quantize_per_token"] in result[
             "not_benchmarked"]
+
+
+def test_gpu_timing_path_runs_and_falls_back_without_gpu_events(tmp_path):
+    """measure_gpu/measure_copy on the CPU: the trace has no GPU stream events,
+    so every number must come back, labelled wall-clock."""
+    import jax
+
+    device = jax.devices("cpu")[0]
+    messages = []
+    with jax.default_device(device):
+        cases, _ = bench.build_cases(["dequantize"], ["bf16"], [(4, 64), (2, 32)], device)
+        compiled, failed = bench.compile_cases(cases, messages.append)
+        assert not failed and len(compiled) == 4
+        timings = bench.measure_gpu(cases[1:], compiled, str(tmp_path), True, messages.append)
+        copy = bench.measure_copy(device, "gpu", str(tmp_path), True, messages.append, 1 << 20)
+    assert set(timings) == {(cases[1].index, "ours"), (cases[1].index, "xla")}
+    assert all(t.method == "wallclock" and t.seconds > 0 for t in timings.values())
+    assert copy["method"] == "wallclock" and copy["gbps"] > 0
+    assert any("no GPU events" in m for m in messages)
