@@ -126,17 +126,22 @@ class ParallelState {
 // Runs body(begin, end) over [0, total) in chunks, on the calling thread and
 // on up to runner->NumThreads() tasks. The caller must hold a
 // ScopedFlushDenormals; each task sets its own.
-void ParallelFor(int64_t total, TaskRunner* runner,
-                 std::function<void(int64_t, int64_t)> body) {
-  const int64_t threads = runner != nullptr ? runner->NumThreads() : 0;
-  if (threads <= 0 || total < 2 * kMinChunkElements) {
+// Small problems run inline, without a std::function or any allocation.
+template <typename Body>
+void ParallelFor(int64_t total, TaskRunner* runner, const Body& body) {
+  if (total < 2 * kMinChunkElements || runner == nullptr) {
     if (total > 0) body(0, total);
+    return;
+  }
+  const int64_t threads = runner->NumThreads();
+  if (threads <= 0) {
+    body(0, total);
     return;
   }
   const int64_t wanted = std::min(total / kMinChunkElements, kChunksPerThread * (threads + 1));
   int64_t chunk = (total + wanted - 1) / wanted;
   chunk = (chunk + kChunkAlignElements - 1) / kChunkAlignElements * kChunkAlignElements;
-  auto state = std::make_shared<ParallelState>(std::move(body), total, chunk);
+  auto state = std::make_shared<ParallelState>(body, total, chunk);
   const int64_t helpers = std::min(threads, state->chunks() - 1);
   for (int64_t i = 0; i < helpers; ++i) {
     runner->Schedule([state] {

@@ -784,7 +784,7 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
     ops = [op for op in OPS if any(r["op"] == op for r in rows)]
     if not ops:
         return "no results to plot"
-    fig, axes = plt.subplots(len(ops), 2, figsize=(16, 3.2 * len(ops) + 1), squeeze=False)
+    fig, axes = plt.subplots(len(ops), 2, figsize=(16, 3.8 * len(ops) + 1), squeeze=False)
     for axis_row, op in zip(axes, ops):
         op_rows = [r for r in rows if r["op"] == op]
         big = [r for r in op_rows if not r["l2_resident"]] or op_rows
@@ -796,7 +796,7 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
         ax.bar(x - 0.2, ours, 0.4, label="jax_dequant")
         ax.bar(x + 0.2, xla, 0.4, label="XLA (jnp)")
         ax.axhline(100, color="k", lw=0.8)
-        if op in FORWARD_OPS:
+        if op in FORWARD_OPS and meta["platform"] == "gpu":
             ax.axhline(100 * GOAL_FORWARD_COPY_FRACTION, color="g", ls="--", lw=0.8, label="94% goal")
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_ylabel("% of copy bandwidth")
@@ -808,10 +808,11 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
         speedups = [r.get("speedup") or 0 for r in op_rows]
         ax.bar(x, speedups, 0.6, color=["tab:blue" if s >= 1 else "tab:red" for s in speedups])
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks(x, labels, fontsize=6)
+        ax.set_xticks(x, [label.replace("\n", " ") for label in labels], fontsize=6, rotation=90)
         ax.set_ylabel("speedup over XLA")
         ax.set_title(f"{op}: XLA time / our time", fontsize=9)
-    fig.suptitle(f"jax_dequant vs XLA on {meta['device']} ({meta['method']})", fontsize=11)
+    fig.suptitle(f"jax_dequant vs XLA on {meta['device']}; timing: {meta['method'].split(' (')[0]}; "
+                 f"{meta['date']}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
