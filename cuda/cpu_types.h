@@ -59,8 +59,8 @@ inline float Float16ToFloat(Float16 value) {
   // Normal: rebias the exponent.
   const uint32_t normal = sign | ((magnitude << 13) + ((127u - 15u) << 23));
   // Subnormal or zero: magnitude * 2^-24 is exact and a normal float.
-  const uint32_t small =
-      sign | FloatBits(static_cast<float>(static_cast<int32_t>(magnitude)) * 5.9604644775390625e-08f);
+  const float small_value = static_cast<float>(static_cast<int32_t>(magnitude));
+  const uint32_t small = sign | FloatBits(small_value * 5.9604644775390625e-08f);
   const uint32_t finite = SelectBits(MaskIf(magnitude >= 0x0400u), normal, small);
   return BitsToFloat(SelectBits(MaskIf(magnitude >= 0x7c00u), special, finite));
 }

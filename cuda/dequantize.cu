@@ -263,27 +263,37 @@ int MultiprocessorCount() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) {
+    cudaGetLastError();
+    return 0;
+  }
   if (device < kMaxDevices) {
     const int known = cached[device].load(std::memory_order_relaxed);
     if (known > 0) return known;
   }
   int count = 0;
   if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();  // clear it: it is not this launch's error
     return 0;
   }
   if (device < kMaxDevices) cached[device].store(count, std::memory_order_relaxed);
   return count;
 }
 
-// Blocks of `kernel` that one multiprocessor holds at once (0: unknown).
+// Blocks of `kernel` that one multiprocessor holds at once (0: unknown). The
+// answer is cached in `cache`; a failed query is not cached.
 template <typename Kernel>
-int ResidentBlocksPerMultiprocessor(Kernel kernel) {
+int ResidentBlocksPerMultiprocessor(Kernel kernel, std::atomic<int>& cache) {
+  const int known = cache.load(std::memory_order_relaxed);
+  if (known > 0) return known;
   int blocks = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreadsPerBlock, 0) !=
-      cudaSuccess) {
+          cudaSuccess ||
+      blocks <= 0) {
+    cudaGetLastError();  // clear it: it is not this launch's error
     return 0;
   }
+  cache.store(blocks, std::memory_order_relaxed);
   return blocks;
 }
 
@@ -302,8 +312,9 @@ std::string Launch(const DequantizeProblem& p, cudaStream_t stream) {
 
   // One chunk per thread at most blocks; no more blocks than fit at once.
   int64_t blocks = (g.chunks + kThreadsPerBlock - 1) / kThreadsPerBlock;
-  static const int blocks_per_multiprocessor = ResidentBlocksPerMultiprocessor(kernel);
-  const int64_t resident = int64_t{MultiprocessorCount()} * blocks_per_multiprocessor;
+  static std::atomic<int> blocks_per_multiprocessor{0};
+  const int64_t resident = int64_t{MultiprocessorCount()} *
+                           ResidentBlocksPerMultiprocessor(kernel, blocks_per_multiprocessor);
   if (resident > 0) {
     blocks = std::min(blocks, resident);
   } else {

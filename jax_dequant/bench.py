@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import glob
 import gzip
 import json
@@ -134,18 +135,15 @@ class Case:
 # --- inputs ---------------------------------------------------------------------------------------
 
 
-def _input_factory(device, shape, parts: Sequence[tuple[str, Any]]) -> Callable[[int], tuple]:
-    """Returns seed -> inputs made on ``device`` by one jitted RNG function.
-
-    ``parts`` lists (kind, dtype): "levels" (int8 [N, D]), "values" (float
-    [N, D], about N(0, 2)), "scale" (float32 [N] in [0.02, 0.05)).
-    """
-    rows, cols = shape
+@functools.lru_cache(maxsize=None)
+def _input_generator(shape: tuple[int, int], parts: tuple[tuple[str, Any], ...]) -> Callable:
+    """One jitted RNG function per (shape, parts), shared by the cases that need it."""
+    rows, _ = shape
 
     def make(key):
         keys = jax.random.split(key, len(parts))
         out = []
-        for k, (kind, dtype) in zip(keys, parts):
+        for k, (kind, dtype) in zip(keys, parts, strict=True):
             if kind == "levels":
                 out.append(jax.random.randint(k, shape, QMIN, QMAX + 1, jnp.int32).astype(jnp.int8))
             elif kind == "values":
@@ -156,12 +154,24 @@ def _input_factory(device, shape, parts: Sequence[tuple[str, Any]]) -> Callable[
                 raise ValueError(kind)
         return tuple(out)
 
-    compiled = jax.jit(make)
+    return jax.jit(make)
+
+
+def _input_factory(device, shape, parts: Sequence[tuple[str, Any]]) -> Callable[[int], tuple]:
+    """Returns seed -> inputs made on ``device`` by a jitted RNG function.
+
+    ``parts`` lists (kind, dtype): "levels" (int8 [N, D]), "values" (float
+    [N, D], about N(0, 2)), "scale" (float32 [N] in [0.02, 0.05)).
+    """
+    generator = _input_generator(
+        tuple(shape),
+        tuple((kind, None if dtype is None else np.dtype(dtype)) for kind, dtype in parts),
+    )
 
     def factory(seed: int) -> tuple:
         with jax.default_device(device):
             key = jax.random.PRNGKey(seed)
-        return compiled(jax.device_put(key, device))
+        return generator(jax.device_put(key, device))
 
     return factory
 
@@ -227,7 +237,10 @@ def _build_case(op, dtype_name, dtype, size, shape, device) -> Case:
     nd = n * d
     if op == "dequantize":
         return Case(
-            op, dtype_name, shape, nd + 4 * n + nd * size,
+            op,
+            dtype_name,
+            shape,
+            nd + 4 * n + nd * size,
             _input_factory(device, shape, [("levels", None), ("scale", None)]),
             lambda q, s: jdq.dequantize_per_token(q, s, out_dtype=dtype),
             lambda q, s: jdq.reference.dequantize_per_token(q, s, out_dtype=dtype),
@@ -242,28 +255,40 @@ def _build_case(op, dtype_name, dtype, size, shape, device) -> Case:
             return run
 
         return Case(
-            op, dtype_name, shape, nd + nd * size + 4 * n,
+            op,
+            dtype_name,
+            shape,
+            nd + nd * size + 4 * n,
             _input_factory(device, shape, [("levels", None), ("scale", None), ("values", dtype)]),
             vjp_of(jdq.dequantize_per_token),
             vjp_of(jdq.reference.dequantize_per_token),
         )
     if op == "quantize":
         return Case(
-            op, dtype_name, shape, nd * size + 4 * n + nd,
+            op,
+            dtype_name,
+            shape,
+            nd * size + 4 * n + nd,
             _input_factory(device, shape, [("values", dtype), ("scale", None)]),
             lambda x, s: jdq.quantize_per_token(x, s, dtype=jnp.int8),
             _xla_quantize,
         )
     if op == "quantize_dynamic":
         return Case(
-            op, dtype_name, shape, nd * size + nd + 8 * n,
+            op,
+            dtype_name,
+            shape,
+            nd * size + nd + 8 * n,
             _input_factory(device, shape, [("values", dtype)]),
             lambda x: jdq.quantize_per_token_dynamic(x, dtype=jnp.int8, symmetric=True),
             _xla_quantize_dynamic,
         )
     if op == "fake_quantize":
         return Case(
-            op, dtype_name, shape, 2 * nd * size + 4 * n,
+            op,
+            dtype_name,
+            shape,
+            2 * nd * size + 4 * n,
             _input_factory(device, shape, [("values", dtype), ("scale", None)]),
             lambda x, s: jdq.fake_quantize_per_token(x, s, dtype=jnp.int8),
             _xla_fake_quantize,
@@ -278,7 +303,10 @@ def _build_case(op, dtype_name, dtype, size, shape, device) -> Case:
             return run
 
         return Case(
-            op, dtype_name, shape, 3 * nd * size + 8 * n,
+            op,
+            dtype_name,
+            shape,
+            3 * nd * size + 8 * n,
             _input_factory(device, shape, [("values", dtype), ("scale", None), ("values", dtype)]),
             vjp_of(lambda x, s: jdq.fake_quantize_per_token(x, s, dtype=jnp.int8)),
             vjp_of(_xla_fake_quantize_ste),
@@ -304,8 +332,18 @@ def _block(tree) -> None:
 
 # Lines of a GPU plane that the profiler derives from the stream lines; summing
 # them too would count each kernel twice.
-_DERIVED_LINES = ("xla ops", "xla modules", "launch stats", "steps", "framework", "source",
-                  "xla traceme", "tensorflow", "host offload", "step")
+_DERIVED_LINES = (
+    "xla ops",
+    "xla modules",
+    "launch stats",
+    "steps",
+    "framework",
+    "source",
+    "xla traceme",
+    "tensorflow",
+    "host offload",
+    "step",
+)
 
 
 @dataclasses.dataclass
@@ -347,8 +385,11 @@ def _events_from_xspace(path: str) -> list[TraceEvent]:
                 text = ""
                 if on_stream:
                     text = " ".join(str(value) for _, value in event.stats)
-                events.append(TraceEvent(on_stream, event.name, float(event.start_ns),
-                                         float(event.duration_ns), text))
+                events.append(
+                    TraceEvent(
+                        on_stream, event.name, float(event.start_ns), float(event.duration_ns), text
+                    )
+                )
     return events
 
 
@@ -382,8 +423,15 @@ def _events_from_json(path: str) -> list[TraceEvent]:
                 continue
         args = event.get("args") if isinstance(event.get("args"), dict) else {}
         text = " ".join(str(v) for v in args.values()) if gpu else ""
-        events.append(TraceEvent(gpu, str(event.get("name", "")), float(event["ts"]) * 1e3,
-                                 float(event.get("dur", 0.0)) * 1e3, text))
+        events.append(
+            TraceEvent(
+                gpu,
+                str(event.get("name", "")),
+                float(event["ts"]) * 1e3,
+                float(event.get("dur", 0.0)) * 1e3,
+                text,
+            )
+        )
     return events
 
 
@@ -401,7 +449,9 @@ def load_trace_events(log_dir: str) -> tuple[list[TraceEvent], str]:
         ("trace.json.gz", "**/*.trace.json.gz", _events_from_json),
     )
     for source, pattern, reader in readers:
-        paths = sorted(glob.glob(os.path.join(log_dir, pattern), recursive=True), key=os.path.getmtime)
+        paths = sorted(
+            glob.glob(os.path.join(log_dir, pattern), recursive=True), key=os.path.getmtime
+        )
         if not paths:
             continue
         try:
@@ -433,13 +483,17 @@ def attribute(events: list[TraceEvent], tag: str, calls: int) -> tuple[float | N
             return None, "no events", 0
         start = min(w.start_ns for w in windows)
         end = max(w.start_ns + w.dur_ns for w in windows)
-        matched = [e for e in events if e.gpu and start <= e.start_ns and e.start_ns + e.dur_ns <= end]
+        matched = [
+            e for e in events if e.gpu and start <= e.start_ns and e.start_ns + e.dur_ns <= end
+        ]
         how = "profiler:window"
     if not matched or len(matched) % calls:
         return None, f"{len(matched)} events for {calls} calls", 0
     matched.sort(key=lambda e: e.start_ns)
     per_call = len(matched) // calls
-    sums = [sum(e.dur_ns for e in matched[i : i + per_call]) for i in range(0, len(matched), per_call)]
+    sums = [
+        sum(e.dur_ns for e in matched[i : i + per_call]) for i in range(0, len(matched), per_call)
+    ]
     return statistics.median(sums) * 1e-9, how, per_call
 
 
@@ -503,8 +557,14 @@ def _time_batch(fn, input_sets, calls: int, tag: str) -> float:
     return wall / calls
 
 
-def measure_gpu(cases: list[Case], compiled: dict, log_dir: str, use_profiler: bool,
-                progress: Callable[[str], None], keep_traces: bool = False) -> dict:
+def measure_gpu(
+    cases: list[Case],
+    compiled: dict,
+    log_dir: str,
+    use_profiler: bool,
+    progress: Callable[[str], None],
+    keep_traces: bool = False,
+) -> dict:
     """Times every available (case, impl) on the GPU; returns {(index, impl): Timing}."""
     walls: dict[tuple[int, str], tuple[float, int]] = {}
     trace_dir = tempfile.mkdtemp(prefix="jdq_trace_", dir=log_dir)
@@ -545,7 +605,10 @@ def measure_gpu(cases: list[Case], compiled: dict, log_dir: str, use_profiler: b
         if events:
             seconds, how, per_call = attribute(events, case.tag(impl), calls)
             if seconds is not None and seconds > 1.5 * wall + 20e-6:
-                how, seconds = f"profiler time {seconds:.3g}s > wall {wall:.3g}s: misattributed", None
+                how, seconds = (
+                    f"profiler time {seconds:.3g}s > wall {wall:.3g}s: misattributed",
+                    None,
+                )
         if seconds is None:
             timings[(index, impl)] = Timing(wall, "wallclock", wall, 0)
             if events:
@@ -613,22 +676,38 @@ def compile_cases(cases: list[Case], progress: Callable[[str], None]) -> tuple[d
     return compiled, failed
 
 
-def measure_copy(device, platform: str, log_dir: str, use_profiler: bool,
-                 progress: Callable[[str], None], nbytes: int, keep_traces: bool = False) -> dict:
+def measure_copy(
+    device,
+    platform: str,
+    log_dir: str,
+    use_profiler: bool,
+    progress: Callable[[str], None],
+    nbytes: int,
+    keep_traces: bool = False,
+) -> dict:
     """Device-to-device copy bandwidth (bytes read + written) of an ``nbytes`` buffer."""
     side = int(math.isqrt(nbytes))
-    copy_case = Case("copy", "u8", (side, nbytes // side), 2 * side * (nbytes // side),
-                     lambda seed: (jax.device_put(jnp.full((side, nbytes // side), seed % 251,
-                                                           jnp.uint8), device),),
-                     jnp.copy, jnp.copy, index=9999)
+    copy_case = Case(
+        "copy",
+        "u8",
+        (side, nbytes // side),
+        2 * side * (nbytes // side),
+        lambda seed: (
+            jax.device_put(jnp.full((side, nbytes // side), seed % 251, jnp.uint8), device),
+        ),
+        jnp.copy,
+        jnp.copy,
+        index=9999,
+    )
     fn = _named_jit(jnp.copy, copy_case.tag("ours"))
     buffer = copy_case.make_inputs(7)
     for _ in range(3):
         _block(fn(*buffer))
     compiled = {(copy_case.index, "ours"): fn}
     if platform == "gpu":
-        timing = measure_gpu([copy_case], compiled, log_dir, use_profiler, progress,
-                             keep_traces)[(copy_case.index, "ours")]
+        timing = measure_gpu([copy_case], compiled, log_dir, use_profiler, progress, keep_traces)[
+            (copy_case.index, "ours")
+        ]
     else:
         timing = measure_cpu([copy_case], compiled, progress)[(copy_case.index, "ours")]
     del buffer
@@ -673,18 +752,28 @@ def results_rows(cases: list[Case], timings: dict, copy_gbps: float) -> list[dic
         }
         for impl, timing in (("ours", ours), ("xla", xla)):
             if timing is None or timing.seconds is None:
-                row.update({f"{impl}_us": None, f"{impl}_gbps": None, f"{impl}_pct_copy": None,
-                            f"{impl}_method": "unavailable"})
+                row.update(
+                    {
+                        f"{impl}_us": None,
+                        f"{impl}_gbps": None,
+                        f"{impl}_pct_copy": None,
+                        f"{impl}_method": "unavailable",
+                    }
+                )
                 continue
             gbps = case.bytes / timing.seconds / 1e9
-            row.update({
-                f"{impl}_us": timing.seconds * 1e6,
-                f"{impl}_gbps": gbps,
-                f"{impl}_pct_copy": 100.0 * gbps / copy_gbps if copy_gbps else None,
-                f"{impl}_method": timing.method,
-                f"{impl}_wall_us": None if timing.wall_seconds is None else timing.wall_seconds * 1e6,
-                f"{impl}_events_per_call": timing.events_per_call,
-            })
+            row.update(
+                {
+                    f"{impl}_us": timing.seconds * 1e6,
+                    f"{impl}_gbps": gbps,
+                    f"{impl}_pct_copy": 100.0 * gbps / copy_gbps if copy_gbps else None,
+                    f"{impl}_method": timing.method,
+                    f"{impl}_wall_us": None
+                    if timing.wall_seconds is None
+                    else timing.wall_seconds * 1e6,
+                    f"{impl}_events_per_call": timing.events_per_call,
+                }
+            )
         row["speedup"] = (
             row["xla_us"] / row["ours_us"] if row.get("ours_us") and row.get("xla_us") else None
         )
@@ -697,8 +786,10 @@ def _fmt(value, spec: str, width: int) -> str:
 
 
 def format_table(rows: list[dict], copy: dict, platform: str) -> str:
-    header = (f"{'op':<18}{'dtype':<6}{'shape':>12}{'MiB':>9}{'ours us':>11}{'XLA us':>11}"
-              f"{'ours GB/s':>11}{'%copy':>7}{'XLA GB/s':>10}{'%copy':>7}{'speedup':>9}  note")
+    header = (
+        f"{'op':<18}{'dtype':<6}{'shape':>12}{'MiB':>9}{'ours us':>11}{'XLA us':>11}"
+        f"{'ours GB/s':>11}{'%copy':>7}{'XLA GB/s':>10}{'%copy':>7}{'speedup':>9}  note"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         shape = f"{row['shape'][0]}x{row['shape'][1]}"
@@ -727,33 +818,58 @@ def check_goals(rows: list[dict], platform: str) -> list[dict]:
     def goal(name, selected, passes):
         selected = [r for r in selected if r.get("ours_us") is not None]
         failing = [r for r in selected if not passes(r)]
-        goals.append({
-            "goal": name,
-            "status": "n/a" if not selected else ("PASS" if not failing else "FAIL"),
-            "rows": len(selected),
-            "failing": [f"{r['op']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}" for r in failing],
-        })
+        goals.append(
+            {
+                "goal": name,
+                "status": "n/a" if not selected else ("PASS" if not failing else "FAIL"),
+                "rows": len(selected),
+                "failing": [
+                    f"{r['op']} {r['dtype']} {r['shape'][0]}x{r['shape'][1]}" for r in failing
+                ],
+            }
+        )
 
     with_xla = [r for r in rows if r.get("speedup") is not None]
     if platform == "gpu":
-        goal(f"forward ops >= {GOAL_FORWARD_COPY_FRACTION:.0%} of copy bandwidth on >= 256 MiB",
-             [r for r in rows if r["op"] in FORWARD_OPS and r["bytes"] >= GOAL_FORWARD_MIN_BYTES],
-             lambda r: r["ours_pct_copy"] >= 100 * GOAL_FORWARD_COPY_FRACTION)
-        goal(f"dequantize int8->bf16 16384x8192 >= {GOAL_DEQUANT_SPEEDUP}x XLA",
-             [r for r in with_xla if r["op"] == "dequantize" and r["dtype"] == "bf16"
-              and r["shape"] == [16384, 8192]],
-             lambda r: r["speedup"] >= GOAL_DEQUANT_SPEEDUP)
-        goal("no shape slower than XLA (decode shapes included)", with_xla,
-             lambda r: r["speedup"] >= 1.0)
-        goal(f"backward >= {GOAL_BACKWARD_SPEEDUP}x XLA's compiled grad",
-             [r for r in with_xla if r["op"] in BACKWARD_OPS],
-             lambda r: r["speedup"] >= GOAL_BACKWARD_SPEEDUP)
-        goal(f"dynamic quantize >= {GOAL_DYNAMIC_COPY_FRACTION:.0%} of copy bandwidth on >= 256 MiB",
-             [r for r in rows if r["op"] == "quantize_dynamic" and r["bytes"] >= GOAL_FORWARD_MIN_BYTES],
-             lambda r: r["ours_pct_copy"] >= 100 * GOAL_DYNAMIC_COPY_FRACTION)
+        goal(
+            f"forward ops >= {GOAL_FORWARD_COPY_FRACTION:.0%} of copy bandwidth on >= 256 MiB",
+            [r for r in rows if r["op"] in FORWARD_OPS and r["bytes"] >= GOAL_FORWARD_MIN_BYTES],
+            lambda r: r["ours_pct_copy"] >= 100 * GOAL_FORWARD_COPY_FRACTION,
+        )
+        goal(
+            f"dequantize int8->bf16 16384x8192 >= {GOAL_DEQUANT_SPEEDUP}x XLA",
+            [
+                r
+                for r in with_xla
+                if r["op"] == "dequantize" and r["dtype"] == "bf16" and r["shape"] == [16384, 8192]
+            ],
+            lambda r: r["speedup"] >= GOAL_DEQUANT_SPEEDUP,
+        )
+        goal(
+            "no shape slower than XLA (decode shapes included)",
+            with_xla,
+            lambda r: r["speedup"] >= 1.0,
+        )
+        goal(
+            f"backward >= {GOAL_BACKWARD_SPEEDUP}x XLA's compiled grad",
+            [r for r in with_xla if r["op"] in BACKWARD_OPS],
+            lambda r: r["speedup"] >= GOAL_BACKWARD_SPEEDUP,
+        )
+        goal(
+            f"dynamic quantize >= {GOAL_DYNAMIC_COPY_FRACTION:.0%} of copy bandwidth on >= 256 MiB",
+            [
+                r
+                for r in rows
+                if r["op"] == "quantize_dynamic" and r["bytes"] >= GOAL_FORWARD_MIN_BYTES
+            ],
+            lambda r: r["ours_pct_copy"] >= 100 * GOAL_DYNAMIC_COPY_FRACTION,
+        )
     else:
-        goal("CPU kernels >= 1.0x XLA-CPU on 4096x4096",
-             [r for r in with_xla if r["shape"] == [4096, 4096]], lambda r: r["speedup"] >= 1.0)
+        goal(
+            "CPU kernels >= 1.0x XLA-CPU on 4096x4096",
+            [r for r in with_xla if r["shape"] == [4096, 4096]],
+            lambda r: r["speedup"] >= 1.0,
+        )
     return goals
 
 
@@ -785,7 +901,7 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
     if not ops:
         return "no results to plot"
     fig, axes = plt.subplots(len(ops), 2, figsize=(16, 3.8 * len(ops) + 1), squeeze=False)
-    for axis_row, op in zip(axes, ops):
+    for axis_row, op in zip(axes, ops, strict=True):
         op_rows = [r for r in rows if r["op"] == op]
         big = [r for r in op_rows if not r["l2_resident"]] or op_rows
         labels = [f"{r['dtype']}\n{r['shape'][0]}x{r['shape'][1]}" for r in big]
@@ -797,7 +913,9 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
         ax.bar(x + 0.2, xla, 0.4, label="XLA (jnp)")
         ax.axhline(100, color="k", lw=0.8)
         if op in FORWARD_OPS and meta["platform"] == "gpu":
-            ax.axhline(100 * GOAL_FORWARD_COPY_FRACTION, color="g", ls="--", lw=0.8, label="94% goal")
+            ax.axhline(
+                100 * GOAL_FORWARD_COPY_FRACTION, color="g", ls="--", lw=0.8, label="94% goal"
+            )
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_ylabel("% of copy bandwidth")
         ax.set_title(f"{op}: bandwidth (copy = {copy['gbps']:.0f} GB/s)", fontsize=9)
@@ -811,8 +929,11 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
         ax.set_xticks(x, [label.replace("\n", " ") for label in labels], fontsize=6, rotation=90)
         ax.set_ylabel("speedup over XLA")
         ax.set_title(f"{op}: XLA time / our time", fontsize=9)
-    fig.suptitle(f"jax_dequant vs XLA on {meta['device']}; timing: {meta['method'].split(' (')[0]}; "
-                 f"{meta['date']}", fontsize=11)
+    fig.suptitle(
+        f"jax_dequant vs XLA on {meta['device']}; timing: {meta['method'].split(' (')[0]}; "
+        f"{meta['date']}",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -835,22 +956,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m jax_dequant.bench",
         description="Times jax_dequant's kernels against XLA's compiled jnp reference.",
     )
-    parser.add_argument("--platform", choices=("cpu", "gpu"), default=None,
-                        help="where to run (default: JAX's default backend)")
+    parser.add_argument(
+        "--platform",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="where to run (default: JAX's default backend)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few shapes only")
-    parser.add_argument("--ops", default=",".join(OPS),
-                        help=f"comma-separated subset of {','.join(OPS)}")
-    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of bf16,f16,f32")
-    parser.add_argument("--shapes", default=None, help="override the shapes, e.g. 16x4096,4096x4096")
+    parser.add_argument(
+        "--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}"
+    )
+    parser.add_argument(
+        "--dtypes", default=",".join(DTYPES), help="comma-separated subset of bf16,f16,f32"
+    )
+    parser.add_argument(
+        "--shapes", default=None, help="override the shapes, e.g. 16x4096,4096x4096"
+    )
     parser.add_argument("--json", default=None, help="write the results as JSON to this path")
     parser.add_argument("--png", default=None, help="write a plot to this path (needs matplotlib)")
-    parser.add_argument("--copy-mib", type=int, default=None,
-                        help="size of the copy-bandwidth buffer (default: 1024 on a GPU, 256 on a CPU)")
+    parser.add_argument(
+        "--copy-mib",
+        type=int,
+        default=None,
+        help="size of the copy-bandwidth buffer (default: 1024 on a GPU, 256 on a CPU)",
+    )
     parser.add_argument("--markdown", default=None, help="write the table as Markdown to this path")
-    parser.add_argument("--keep-traces", default=None, metavar="DIR",
-                        help="GPU: keep the profiler traces under DIR (default: deleted)")
-    parser.add_argument("--no-profiler", action="store_true",
-                        help="GPU: time by wall clock instead of the profiler")
+    parser.add_argument(
+        "--keep-traces",
+        default=None,
+        metavar="DIR",
+        help="GPU: keep the profiler traces under DIR (default: deleted)",
+    )
+    parser.add_argument(
+        "--no-profiler", action="store_true", help="GPU: time by wall clock instead of the profiler"
+    )
     args = parser.parse_args(argv)
     unknown = [op for op in args.ops.split(",") if op and op not in OPS]
     if unknown:
@@ -881,9 +1020,13 @@ def format_markdown(rows: list[dict], copy: dict, meta: dict) -> str:
     for row in rows:
         note = " (L2)" if row["l2_resident"] and meta["platform"] == "gpu" else ""
         cells = [
-            row["op"], row["dtype"], f"{row['shape'][0]}x{row['shape'][1]}{note}",
-            _fmt(row.get("ours_us"), ".1f", 0), _fmt(row.get("xla_us"), ".1f", 0),
-            _fmt(row.get("ours_gbps"), ".0f", 0), _fmt(row.get("ours_pct_copy"), ".1f", 0),
+            row["op"],
+            row["dtype"],
+            f"{row['shape'][0]}x{row['shape'][1]}{note}",
+            _fmt(row.get("ours_us"), ".1f", 0),
+            _fmt(row.get("xla_us"), ".1f", 0),
+            _fmt(row.get("ours_gbps"), ".0f", 0),
+            _fmt(row.get("ours_pct_copy"), ".1f", 0),
             _fmt(row.get("speedup"), ".2f", 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -898,7 +1041,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = _device_for(platform)
 
     def progress(message: str) -> None:
-        print(f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+        print(
+            f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True
+        )
 
     if args.shapes:
         shapes = _parse_shapes(args.shapes)
@@ -912,8 +1057,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     method = (
         "profiler (device time: kernel/memcpy events of the GPU stream lines, median per call)"
         if use_profiler
-        else ("wallclock (async dispatches, per call)" if platform == "gpu"
-              else "wallclock (median of single calls, ours and XLA interleaved)")
+        else (
+            "wallclock (async dispatches, per call)"
+            if platform == "gpu"
+            else "wallclock (median of single calls, ours and XLA interleaved)"
+        )
     )
     meta = {
         "device": f"{device.device_kind} ({device.platform})",
@@ -921,13 +1069,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "method": method,
         "jax": jax.__version__,
         "jaxlib": _version("jaxlib"),
-        "jax_dequant_build": {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in jdq.BUILD_INFO.items()},
+        "jax_dequant_build": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in jdq.BUILD_INFO.items()
+        },
         "python": sys.version.split()[0],
         "host": host_platform.node(),
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m jax_dequant.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m jax_dequant.bench "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "complete": False,
     }
     progress(f"{meta['device']}, jax {meta['jax']}, method: {method}")
@@ -939,7 +1089,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def results() -> tuple[list, list]:
         rows = results_rows(cases, timings, copy.get("gbps", 0.0))
         meta["methods_used"] = sorted(
-            {r.get(f"{i}_method") for r in rows for i in ("ours", "xla")} - {None, "unavailable"})
+            {r.get(f"{i}_method") for r in rows for i in ("ours", "xla")} - {None, "unavailable"}
+        )
         meta["elapsed_s"] = round(time.perf_counter() - started, 1)
         return rows, check_goals(rows, platform)
 
@@ -948,9 +1099,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return
         rows, goals = results()
         with open(args.json, "w") as handle:
-            json.dump({"meta": meta, "copy": copy, "results": rows, "goals": goals,
-                       "unavailable": [list(f) for f in failed],
-                       "not_benchmarked": [list(s) for s in skipped]}, handle, indent=1)
+            json.dump(
+                {
+                    "meta": meta,
+                    "copy": copy,
+                    "results": rows,
+                    "goals": goals,
+                    "unavailable": [list(f) for f in failed],
+                    "not_benchmarked": [list(s) for s in skipped],
+                },
+                handle,
+                indent=1,
+            )
 
     with jax.default_device(device):
         cases, skipped = build_cases(ops, dtypes, shapes, device)
@@ -958,9 +1118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"skipping {op}: {reason}")
         log_dir = args.keep_traces or tempfile.mkdtemp(prefix="jdq_bench_")
         os.makedirs(log_dir, exist_ok=True)
-        copy_mib = args.copy_mib or (COPY_BYTES // MIB if platform == "gpu" else COPY_BYTES // MIB // 4)
-        copy.update(measure_copy(device, platform, log_dir, use_profiler, progress,
-                                 copy_mib * MIB, keep_traces=bool(args.keep_traces)))
+        copy_mib = args.copy_mib or (
+            COPY_BYTES // MIB if platform == "gpu" else COPY_BYTES // MIB // 4
+        )
+        copy.update(
+            measure_copy(
+                device,
+                platform,
+                log_dir,
+                use_profiler,
+                progress,
+                copy_mib * MIB,
+                keep_traces=bool(args.keep_traces),
+            )
+        )
         progress(f"copy bandwidth {copy['gbps']:.1f} GB/s ({copy['method']})")
         for op in ops:
             op_cases = [c for c in cases if c.op == op]
@@ -973,8 +1144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress(f"{label} {impl} unavailable: {reason}")
             progress(f"{op}: timing")
             if platform == "gpu":
-                timings.update(measure_gpu(op_cases, compiled, log_dir, use_profiler, progress,
-                                           keep_traces=bool(args.keep_traces)))
+                timings.update(
+                    measure_gpu(
+                        op_cases,
+                        compiled,
+                        log_dir,
+                        use_profiler,
+                        progress,
+                        keep_traces=bool(args.keep_traces),
+                    )
+                )
             else:
                 timings.update(measure_cpu(op_cases, compiled, progress))
             del compiled
@@ -987,12 +1166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = meta["methods_used"]
     print(f"\njax_dequant benchmark on {meta['device']}; jax {meta['jax']}; {meta['date']}")
     print(f"timing: {method}; used: {', '.join(methods) or '-'}")
-    print(f"copy bandwidth: {copy['gbps']:.1f} GB/s ({copy['bytes'] / MIB:.0f} MiB read+written, "
-          f"{copy['method']})")
+    print(
+        f"copy bandwidth: {copy['gbps']:.1f} GB/s ({copy['bytes'] / MIB:.0f} MiB read+written, "
+        f"{copy['method']})"
+    )
     if platform == "gpu":
-        print("L2-resident: decode shapes fit in the 50 MB L2; compare their device times, not GB/s.")
-    print("speedup = XLA time / our time (> 1: ours is faster). GB/s counts each input read once "
-          "and each output written once.\n")
+        print(
+            "L2-resident: decode shapes fit in the 50 MB L2; compare their device times, not GB/s."
+        )
+    print(
+        "speedup = XLA time / our time (> 1: ours is faster). GB/s counts each input read once "
+        "and each output written once.\n"
+    )
     print(format_table(rows, copy, platform))
     for label, impl, reason in failed:
         print(f"unavailable: {label} {impl}: {reason}")

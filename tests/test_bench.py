@@ -49,38 +49,79 @@ def test_device_time_falls_back_to_the_host_annotation_window():
 
 def test_only_stream_lines_of_gpu_planes_count():
     assert bench._stream_lines(["Stream #7(Compute)", "XLA Ops", "XLA Modules"]) == {
-        "Stream #7(Compute)"}
+        "Stream #7(Compute)"
+    }
     assert bench._stream_lines(["XLA Ops", "gpu kernels"]) == {"gpu kernels"}
     assert bench._is_gpu_plane("/device:GPU:0") and not bench._is_gpu_plane("/host:CPU")
 
 
 def test_json_trace_reader(tmp_path):
-    trace = {"traceEvents": [
-        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-        {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Compute)"}},
-        {"ph": "M", "pid": 1, "tid": 100, "name": "thread_name", "args": {"name": "XLA Ops"}},
-        {"ph": "M", "pid": 700, "name": "process_name", "args": {"name": "/host:CPU"}},
-        {"ph": "X", "pid": 1, "tid": 7, "ts": 1.0, "dur": 2.0, "name": "k",
-         "args": {"hlo_module": "jit_jdqbench_0000_ours", "hlo_op": "custom-call"}},
-        {"ph": "X", "pid": 1, "tid": 100, "ts": 1.0, "dur": 2.0, "name": "custom-call",
-         "args": {"hlo_module": "jit_jdqbench_0000_ours"}},
-        {"ph": "X", "pid": 700, "tid": 3, "ts": 0.5, "dur": 9.0, "name": "jdqbench_0000_ours"},
-    ]}
+    trace = {
+        "traceEvents": [
+            {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            {
+                "ph": "M",
+                "pid": 1,
+                "tid": 7,
+                "name": "thread_name",
+                "args": {"name": "Stream #7(Compute)"},
+            },
+            {"ph": "M", "pid": 1, "tid": 100, "name": "thread_name", "args": {"name": "XLA Ops"}},
+            {"ph": "M", "pid": 700, "name": "process_name", "args": {"name": "/host:CPU"}},
+            {
+                "ph": "X",
+                "pid": 1,
+                "tid": 7,
+                "ts": 1.0,
+                "dur": 2.0,
+                "name": "k",
+                "args": {"hlo_module": "jit_jdqbench_0000_ours", "hlo_op": "custom-call"},
+            },
+            {
+                "ph": "X",
+                "pid": 1,
+                "tid": 100,
+                "ts": 1.0,
+                "dur": 2.0,
+                "name": "custom-call",
+                "args": {"hlo_module": "jit_jdqbench_0000_ours"},
+            },
+            {"ph": "X", "pid": 700, "tid": 3, "ts": 0.5, "dur": 9.0, "name": "jdqbench_0000_ours"},
+        ]
+    }
     path = tmp_path / "t.trace.json"
     path.write_text(json.dumps(trace))
     events = bench._events_from_json(str(path))
     gpu = [e for e in events if e.gpu]
     assert len(gpu) == 1 and gpu[0].dur_ns == pytest.approx(2000.0)
     assert bench.attribute(events, "jdqbench_0000_ours", 1) == (
-        pytest.approx(2e-6), "profiler:module", 1)
+        pytest.approx(2e-6),
+        "profiler:module",
+        1,
+    )
 
 
 def test_cpu_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     png = tmp_path / "bench.png"
-    code = bench.main(["--platform", "cpu", "--shapes", "2x64,3x130", "--dtypes", "bf16,f32",
-                       "--ops", "dequantize,quantize", "--copy-mib", "4",
-                       "--json", str(out), "--png", str(png)])
+    code = bench.main(
+        [
+            "--platform",
+            "cpu",
+            "--shapes",
+            "2x64,3x130",
+            "--dtypes",
+            "bf16,f32",
+            "--ops",
+            "dequantize,quantize",
+            "--copy-mib",
+            "4",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "copy bandwidth" in printed and "Goals:" in printed
@@ -89,16 +130,22 @@ def test_cpu_run_end_to_end(tmp_path, capsys):
     assert result["meta"]["method"].startswith("wallclock")
     rows = [r for r in result["results"] if r["op"] == "dequantize"]
     assert {(r["dtype"], tuple(r["shape"])) for r in rows} == {
-        (d, s) for d in ("bf16", "f32") for s in ((2, 64), (3, 130))}
+        (d, s) for d in ("bf16", "f32") for s in ((2, 64), (3, 130))
+    }
     for row in rows:
-        assert row["bytes"] == row["shape"][0] * row["shape"][1] * (1 + (2 if row["dtype"] == "bf16" else 4)) + 4 * row["shape"][0]
+        assert (
+            row["bytes"]
+            == row["shape"][0] * row["shape"][1] * (1 + (2 if row["dtype"] == "bf16" else 4))
+            + 4 * row["shape"][0]
+        )
         assert row["ours_us"] > 0 and row["xla_us"] > 0
         assert row["speedup"] == pytest.approx(row["xla_us"] / row["ours_us"])
     import jax_dequant as jdq
 
     if not hasattr(jdq, "quantize_per_token"):
         assert ["quantize", "jax_dequant does not export quantize_per_token"] in result[
-            "not_benchmarked"]
+            "not_benchmarked"
+        ]
 
 
 def test_gpu_timing_path_runs_and_falls_back_without_gpu_events(tmp_path):

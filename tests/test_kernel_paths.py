@@ -12,7 +12,6 @@ vectorized lane and every thread meets them.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
@@ -72,8 +71,22 @@ def test_special_values_across_a_large_array(device, out_dtype):
     float32-subnormal results) repeats over an array split across threads."""
     f32 = np.finfo(np.float32)
     row_kinds = np.array(
-        [1.0, np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-7, 3e-6, 700.0, 3e36,
-         float(f32.tiny), float(f32.smallest_subnormal) * 8, -0.02, 6.1e-5 / 127],
+        [
+            1.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            0.0,
+            -0.0,
+            1e-7,
+            3e-6,
+            700.0,
+            3e36,
+            float(f32.tiny),
+            float(f32.smallest_subnormal) * 8,
+            -0.02,
+            6.1e-5 / 127,
+        ],
         np.float32,
     )
     rows = 40 * row_kinds.size
@@ -98,12 +111,20 @@ def test_repeated_runs_give_identical_bits(device):
 
 
 Q_DTYPES = ["int8", "uint8", "bfloat16", "float16", "float32"]
-PAIRS = [("float32", "bfloat16"), ("float32", "float16"), ("float32", "float32"),
-         ("bfloat16", "bfloat16"), ("float16", "float16")]
+PAIRS = [
+    ("float32", "bfloat16"),
+    ("float32", "float16"),
+    ("float32", "float32"),
+    ("bfloat16", "bfloat16"),
+    ("float16", "float16"),
+]
 
 
-@settings(max_examples=10, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_random_large_cases_match_reference(device, data):
     cols = data.draw(st.one_of(st.integers(1, 40), st.integers(1000, 9000)), label="D")
@@ -115,8 +136,14 @@ def test_random_large_cases_match_reference(device, data):
     rng = np.random.default_rng(seed)
     q = _levels(rng, q_dtype if q_dtype in ("int8", "uint8") else "int8", (rows, cols))
     q = q.astype(ml_dtypes.bfloat16 if q_dtype == "bfloat16" else q_dtype)
-    scale = (10.0 ** rng.uniform(-6, 3, size=(rows,)) * rng.choice([-1, 1], size=(rows,)))
+    scale = 10.0 ** rng.uniform(-6, 3, size=(rows,)) * rng.choice([-1, 1], size=(rows,))
     scale = scale.astype(scale_dtype)
     zero_point = None if symmetric else rng.integers(-300, 300, size=(rows,)).astype(np.int32)
-    _check(device, q, scale, zero_point, out_dtype,
-           f"({rows}, {cols}) {q_dtype} {scale_dtype}->{out_dtype} sym={symmetric}")
+    _check(
+        device,
+        q,
+        scale,
+        zero_point,
+        out_dtype,
+        f"({rows}, {cols}) {q_dtype} {scale_dtype}->{out_dtype} sym={symmetric}",
+    )
