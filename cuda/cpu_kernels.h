@@ -27,6 +27,17 @@ class TaskRunner {
 // `runner` may be null: everything then runs on the calling thread.
 std::string Dequantize(const DequantizeProblem& problem, TaskRunner* runner = nullptr);
 
+// Backward of dequantize (cpu_dequantize_grad.cc): dq and/or dscale.
+std::string DequantizeGrad(const DequantizeGradProblem& problem);
+// Forward-mode tangent of dequantize in q and scale together.
+std::string DequantizeTangent(const DequantizeTangentProblem& problem);
+
+// fake_quantize_per_token (cpu_fake_quantize.cc).
+std::string FakeQuantize(const FakeQuantizeProblem& problem);
+std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem);
+std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
+std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem);
+
 }  // namespace jdq::cpu
 
 #endif  // JAX_DEQUANT_CPU_KERNELS_H_

@@ -1,6 +1,6 @@
-// Running CPU kernels: the floating-point mode XLA:CPU computes in, splitting
-// work over XLA's intra-op threads, and prefaulting large outputs. Shared by
-// every CPU kernel (cpu_kernels.cc); includes no XLA header.
+// Running CPU kernels fast: splitting work over XLA's intra-op threads (each
+// task in the floating-point mode of cpu_flush.h) and prefaulting large
+// outputs. For every CPU kernel; includes no XLA header.
 #ifndef JAX_DEQUANT_CPU_PARALLEL_H_
 #define JAX_DEQUANT_CPU_PARALLEL_H_
 
@@ -13,50 +13,14 @@
 #include <mutex>
 #include <utility>
 
+#include "cpu_flush.h"
 #include "cpu_kernels.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
-#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
 namespace jdq::cpu {
-
-// Sets flush-to-zero and denormals-are-zero for the current thread and
-// restores the previous state on exit. Every thread that computes holds one.
-class ScopedFlushDenormals {
- public:
-  ScopedFlushDenormals() {
-#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-    saved_ = _mm_getcsr();
-    _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero);
-#elif defined(__aarch64__)
-    asm volatile("mrs %0, fpcr" : "=r"(saved_));
-    asm volatile("msr fpcr, %0" : : "r"(saved_ | kFlushToZeroArm));
-#endif
-  }
-  ~ScopedFlushDenormals() {
-#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-    _mm_setcsr(saved_);
-#elif defined(__aarch64__)
-    asm volatile("msr fpcr, %0" : : "r"(saved_));
-#endif
-  }
-  ScopedFlushDenormals(const ScopedFlushDenormals&) = delete;
-  ScopedFlushDenormals& operator=(const ScopedFlushDenormals&) = delete;
-
- private:
-#if defined(__aarch64__)
-  static constexpr uint64_t kFlushToZeroArm = uint64_t{1} << 24;
-  uint64_t saved_ = 0;
-#else
-  static constexpr unsigned kFlushToZero = 0x8000;
-  static constexpr unsigned kDenormalsAreZero = 0x0040;
-  unsigned saved_ = 0;
-#endif
-};
 
 // --- Splitting work over threads -----------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 //
 // Conversions are exact bit manipulations with round-half-to-even, the same
 // results XLA:CPU produces. Subnormal handling of the arithmetic itself is set
-// by the CPU handler (see ScopedFlushDenormals in cpu_kernels.cc).
+// by the CPU handler (see ScopedFlushDenormals in cpu_flush.h).
 #ifndef JAX_DEQUANT_CPU_TYPES_H_
 #define JAX_DEQUANT_CPU_TYPES_H_
 

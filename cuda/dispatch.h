@@ -74,6 +74,24 @@ std::string VisitDequantizeTypes(DType q_type, DType scale_type, DType out_type,
   });
 }
 
+// Dispatches fake quantization's (x, scale) pair: fn(x_tag, scale_tag) for a
+// float x with a scale of x's type or float32.
+template <typename Types, typename Fn>
+std::string VisitFakeQuantizeTypes(DType x_type, DType scale_type, Fn&& fn) {
+  return VisitFloat<Types>(x_type, [&](auto x_tag) -> std::string {
+    using XT = typename decltype(x_tag)::type;
+    return VisitFloat<Types>(scale_type, [&](auto scale_tag) -> std::string {
+      using ScaleT = typename decltype(scale_tag)::type;
+      if constexpr (!kAllowedScaleOut<ScaleT, XT>) {
+        return std::string("scale dtype ") + DTypeName(scale_type) + " with x dtype " +
+               DTypeName(x_type) + " is not an allowed pair";
+      } else {
+        return fn(x_tag, scale_tag);
+      }
+    });
+  });
+}
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_DISPATCH_H_

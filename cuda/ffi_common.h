@@ -105,6 +105,129 @@ inline ffi::ErrorOr<DequantizeProblem> DecodeDequantize(const ffi::AnyBuffer& q,
   return p;
 }
 
+// --- derivatives of dequantize ---------------------------------------------------------------
+
+// Checks that `buffer` has the shape of the [..., D] array `like`.
+inline ffi::Error CheckSameShape(const ffi::AnyBuffer& buffer, const ffi::AnyBuffer& like,
+                                 const char* op, const char* name, const char* like_name) {
+  if (!SameDimensions(buffer, like)) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": " + name + " must have the shape of " +
+                                       like_name);
+  }
+  return ffi::Error::Success();
+}
+
+// Checks that a per-row buffer holds one value per row.
+inline ffi::Error CheckPerRow(const ffi::AnyBuffer& buffer, int64_t rows, const char* op,
+                              const char* name) {
+  if (static_cast<int64_t>(buffer.element_count()) != rows) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": " + name +
+                                       " must hold one value per row (" + std::to_string(rows) +
+                                       " rows), got " + std::to_string(buffer.element_count()));
+  }
+  return ffi::Error::Success();
+}
+
+// Rank check and row geometry of the [..., D] array every derivative kernel walks.
+inline ffi::Error CheckRows(const ffi::AnyBuffer& array, const char* op, int64_t& rows,
+                            int64_t& cols) {
+  if (array.dimensions().size() < 1) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": arrays must have rank >= 1");
+  }
+  rows = LeadingElements(array);
+  cols = array.dimensions().back();
+  return ffi::Error::Success();
+}
+
+// Backward of dequantize. `q` is null for dq alone, `scale` is null for dscale
+// alone; `extra` (the optional zero point) is null for dq alone; `dq`/`dscale`
+// are the requested outputs (null: not computed).
+inline ffi::ErrorOr<DequantizeGradProblem> DecodeDequantizeGrad(
+    const ffi::AnyBuffer& dy, const ffi::AnyBuffer* q, const ffi::AnyBuffer* scale,
+    const ffi::RemainingArgs* extra, ffi::AnyBuffer* dq, ffi::AnyBuffer* dscale) {
+  constexpr const char* op = "dequantize_per_token backward";
+  DequantizeGradProblem p;
+  if (auto e = CheckRows(dy, op, p.rows, p.cols); e.failure()) return ffi::Unexpected(e);
+  if (q != nullptr) {
+    if (auto e = CheckSameShape(*q, dy, op, "q", "dy"); e.failure()) return ffi::Unexpected(e);
+    p.q_type = ToDType(q->element_type());
+    p.q = q->untyped_data();
+  }
+  if (dq != nullptr) {
+    if (auto e = CheckSameShape(*dq, dy, op, "dq", "dy"); e.failure()) return ffi::Unexpected(e);
+    if (q != nullptr && dq->element_type() != q->element_type()) {
+      return ffi::Unexpected(
+          ffi::Error::InvalidArgument(std::string(op) + ": dq must have q's dtype"));
+    }
+    p.q_type = ToDType(dq->element_type());
+    p.dq = dq->untyped_data();
+  }
+  if (scale != nullptr) {
+    if (auto e = CheckPerRow(*scale, p.rows, op, "scale"); e.failure()) return ffi::Unexpected(e);
+    p.scale_type = ToDType(scale->element_type());
+    p.scale = scale->untyped_data();
+  }
+  if (dscale != nullptr) {
+    if (auto e = CheckPerRow(*dscale, p.rows, op, "dscale"); e.failure()) return ffi::Unexpected(e);
+    if (scale != nullptr && dscale->element_type() != scale->element_type()) {
+      return ffi::Unexpected(
+          ffi::Error::InvalidArgument(std::string(op) + ": dscale must have scale's dtype"));
+    }
+    if (q == nullptr) {
+      return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(op) + ": dscale needs q"));
+    }
+    p.scale_type = ToDType(dscale->element_type());
+    p.dscale = dscale->untyped_data();
+  }
+  if (dq != nullptr && scale == nullptr) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(std::string(op) + ": dq needs the scale"));
+  }
+  if (extra != nullptr) {
+    auto zero_point = DecodeZeroPoint(*extra, p.rows, op);
+    if (zero_point.has_error()) return ffi::Unexpected(zero_point.error());
+    p.zero_point = *zero_point;
+  }
+  p.out_type = ToDType(dy.element_type());
+  p.dy = dy.untyped_data();
+  return p;
+}
+
+// Forward-mode tangent of dequantize in q and scale together.
+inline ffi::ErrorOr<DequantizeTangentProblem> DecodeDequantizeTangent(
+    const ffi::AnyBuffer& q_tangent, const ffi::AnyBuffer& scale_tangent, const ffi::AnyBuffer& q,
+    const ffi::AnyBuffer& scale, const ffi::RemainingArgs& extra, const ffi::AnyBuffer& out) {
+  constexpr const char* op = "dequantize_per_token tangent";
+  DequantizeTangentProblem p;
+  if (auto e = CheckRows(q, op, p.rows, p.cols); e.failure()) return ffi::Unexpected(e);
+  if (auto e = CheckSameShape(q_tangent, q, op, "q_tangent", "q"); e.failure()) {
+    return ffi::Unexpected(e);
+  }
+  if (auto e = CheckSameShape(out, q, op, "the output", "q"); e.failure()) {
+    return ffi::Unexpected(e);
+  }
+  if (auto e = CheckPerRow(scale, p.rows, op, "scale"); e.failure()) return ffi::Unexpected(e);
+  if (auto e = CheckPerRow(scale_tangent, p.rows, op, "scale_tangent"); e.failure()) {
+    return ffi::Unexpected(e);
+  }
+  if (q_tangent.element_type() != q.element_type() ||
+      scale_tangent.element_type() != scale.element_type()) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        std::string(op) + ": tangents must have the dtypes of q and scale"));
+  }
+  auto zero_point = DecodeZeroPoint(extra, p.rows, op);
+  if (zero_point.has_error()) return ffi::Unexpected(zero_point.error());
+  p.q_type = ToDType(q.element_type());
+  p.scale_type = ToDType(scale.element_type());
+  p.out_type = ToDType(out.element_type());
+  p.q_tangent = q_tangent.untyped_data();
+  p.scale_tangent = scale_tangent.untyped_data();
+  p.q = q.untyped_data();
+  p.scale = scale.untyped_data();
+  p.zero_point = *zero_point;
+  p.out = out.untyped_data();
+  return p;
+}
+
 // Kernels report failure as a message; an empty message is success.
 inline ffi::Error ToError(const std::string& message) {
   if (message.empty()) return ffi::Error::Success();

@@ -5,5 +5,13 @@
 #include "xla/ffi/api/api.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDscaleCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDqCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDqDscaleCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeTangentCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeDynamicCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeTangentCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeBackwardCpu);
 
 #endif  // JAX_DEQUANT_FFI_CPU_H_

@@ -6,5 +6,13 @@
 #include "xla/ffi/api/api.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDscaleCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDqCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeDqDscaleCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqDequantizeTangentCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeDynamicCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeTangentCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JdqFakeQuantizeBackwardCuda);
 
 #endif  // JAX_DEQUANT_FFI_CUDA_H_

@@ -83,6 +83,21 @@ JDQ_HOST_DEVICE double sub_rn(double a, double b) {
 #endif
 }
 
+JDQ_HOST_DEVICE float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+JDQ_HOST_DEVICE double div_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
 // Correctly rounded reciprocal, once per row.
 JDQ_HOST_DEVICE float reciprocal_rn(float a) {
 #if defined(__CUDA_ARCH__)
@@ -129,6 +144,104 @@ JDQ_HOST_DEVICE int32_t quantize_value(C x, C reciprocal, C zero_point, C qmin, 
   level = level < qmin ? qmin : level;
   level = level > qmax ? qmax : level;
   return static_cast<int32_t>(level);
+}
+
+
+// NaN-propagating max and min (a NaN anywhere in a row makes the result NaN).
+template <typename C>
+JDQ_HOST_DEVICE C max_propagate_nan(C a, C b) {
+  return (a > b || a != a) ? a : b;
+}
+template <typename C>
+JDQ_HOST_DEVICE C min_propagate_nan(C a, C b) {
+  return (a < b || a != a) ? a : b;
+}
+
+// Keeps a chosen scale finite and > 0 in the storage type: [smallest normal of
+// scale_dtype, min(largest finite of scale_dtype, 1 / smallest normal of C)]
+// (reference.scale_bounds), so 1/scale is never subnormal. NaN passes through (a NaN row keeps a NaN
+// scale). Comparisons see subnormals as 0 under the CPU's denormals-are-zero
+// mode, so a subnormal choice becomes `smallest_normal` on both platforms.
+template <typename C>
+JDQ_HOST_DEVICE C clamp_scale(C scale, C smallest_normal, C largest) {
+  scale = scale < smallest_normal ? smallest_normal : scale;
+  return scale > largest ? largest : scale;
+}
+
+// Dynamic symmetric scale of a row: absmax * (1/qmax) in C (the constant
+// reciprocal rounded once), 1 for an all-zero row, then clamp_scale.
+template <typename C>
+JDQ_HOST_DEVICE C symmetric_scale(C absmax, C qmax, C smallest_normal, C largest) {
+  const C scale = absmax == C(0) ? C(1) : mul_rn(absmax, reciprocal_rn(qmax));
+  return clamp_scale(scale, smallest_normal, largest);
+}
+
+// Dynamic asymmetric scale of a row whose range was widened to include 0
+// (lo <= 0 <= hi): (hi - lo) * (1/(qmax - qmin)), 1 for a zero range.
+template <typename C>
+JDQ_HOST_DEVICE C asymmetric_scale(C lo, C hi, C qmin, C qmax, C smallest_normal, C largest) {
+  const C range = sub_rn(hi, lo);
+  const C scale = range == C(0) ? C(1) : mul_rn(range, reciprocal_rn(sub_rn(qmax, qmin)));
+  return clamp_scale(scale, smallest_normal, largest);
+}
+
+// Dynamic asymmetric zero point: clamp(rne(qmin - lo / scale), qmin, qmax)
+// with a true division by the stored (rounded) scale; 0 for a zero range.
+// A NaN row acts as 0 (clamped), like NaN inputs of quantize_value.
+template <typename C>
+JDQ_HOST_DEVICE int32_t asymmetric_zero_point(C lo, C hi, C stored_scale, C qmin, C qmax) {
+  if (sub_rn(hi, lo) == C(0)) return 0;
+  C level = round_half_even(sub_rn(qmin, div_rn(lo, stored_scale)));
+  if (level != level) level = C(0);
+  level = level < qmin ? qmin : level;
+  level = level > qmax ? qmax : level;
+  return static_cast<int32_t>(level);
+}
+
+// --- fake quantization (SPEC.md, "fake quant" and "Differentiation") -----------------------------
+
+// The rounded level before clamping, rne(product + zp) with product = x * r
+// already rounded; NaN acts as the zero point (as in quantize_value).
+template <typename C>
+JDQ_HOST_DEVICE C unclamped_level(C product, C zero_point) {
+  const C level = round_half_even(add_rn(product, zero_point));
+  return level != level ? zero_point : level;
+}
+
+// Fake quantize one value: (clamp(rne(x * r + zp), qmin, qmax) - zp) * scale
+// in C; the caller rounds once to x's type. The level is quantize_value's, an
+// integer: a -0 level becomes +0 (adding +0), so that fake quantization is
+// dequantize(quantize(x)) bit for bit, signs of zero included.
+template <typename C>
+JDQ_HOST_DEVICE C fake_quantize_value(C x, C reciprocal, C zero_point, C scale, C qmin, C qmax) {
+  C level = unclamped_level(mul_rn(x, reciprocal), zero_point);
+  level = level < qmin ? qmin : level;
+  level = level > qmax ? qmax : level;
+  return dequantize_value(add_rn(level, C(0)), zero_point, scale);
+}
+
+// The derivatives of fake quantization at one value. `inside` is the clipped
+// straight-through mask, qmin <= rne(x * r + zp) <= qmax with both endpoints
+// included (a NaN x has level zp); `lsq` is the LSQ derivative with respect
+// to the scale: (level - zp) - x * r inside, (qbound - zp) where clipped to
+// qbound (qmin or qmax). x * r is the same rounded product as the forward's.
+template <typename C>
+struct FakeQuantizeSlopes {
+  bool inside;
+  C lsq;
+};
+
+template <typename C>
+JDQ_HOST_DEVICE FakeQuantizeSlopes<C> fake_quantize_slopes(C x, C reciprocal, C zero_point, C qmin,
+                                                           C qmax) {
+  const C product = mul_rn(x, reciprocal);
+  const C level = unclamped_level(product, zero_point);
+  // Branch-free, so that CPU loops over it vectorize.
+  const bool below = level < qmin;
+  const bool inside = !below && !(level > qmax);
+  const C clipped = sub_rn(below ? qmin : qmax, zero_point);
+  const C unclipped = sub_rn(sub_rn(level, zero_point), product);
+  return {inside, inside ? unclipped : clipped};
 }
 
 }  // namespace jdq

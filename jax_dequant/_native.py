@@ -44,16 +44,19 @@ def _check_jaxlib_compatible() -> None:
         )
 
 
-def _register_targets() -> frozenset[str]:
+def _register_targets() -> tuple[frozenset[str], frozenset[str]]:
     platforms = set()
+    names = set()
     for xla_platform, targets in _ffi_library.registrations().items():
         for name, capsule in targets.items():
             jax.ffi.register_ffi_target(name, capsule, platform=xla_platform)
             platforms.add(xla_platform.lower())
-    return frozenset(platforms)
+            names.add(name)
+    return frozenset(platforms), frozenset(names)
 
 
 _check_jaxlib_compatible()
 
-KERNEL_PLATFORMS: frozenset[str] = _register_targets()
-"""JAX platform names (``cpu``, ``cuda``) for which this build has kernels."""
+KERNEL_PLATFORMS, FFI_TARGETS = _register_targets()
+"""``KERNEL_PLATFORMS``: JAX platform names (``cpu``, ``cuda``) for which this
+build has kernels. ``FFI_TARGETS``: the names of every FFI target registered."""

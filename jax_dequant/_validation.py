@@ -207,3 +207,70 @@ def compute_dtype(*dtypes: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if any(np.dtype(d) == np.float64 for d in dtypes) else np.dtype(
         np.float32
     )
+
+
+def check_storage_dtype(op: str, dtype: Any) -> np.dtype:
+    """Checks a quantized storage dtype: int8 or uint8.
+
+    Raises:
+        TypeError: for any other dtype.
+    """
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"{op}: dtype must be int8 or uint8, got {dtype!r}") from error
+    if dtype not in STORAGE_DTYPES:
+        raise TypeError(f"{op}: dtype must be int8 or uint8, got {dtype.name}")
+    return dtype
+
+
+def check_quant_range(op: str, dtype: np.dtype, qmin: Any, qmax: Any) -> tuple[int, int]:
+    """Resolves and checks ``[qmin, qmax]`` against the storage type.
+
+    Args:
+        op: public op name, for messages.
+        dtype: the storage dtype (int8 or uint8).
+        qmin: lower bound or None (the storage type's minimum).
+        qmax: upper bound or None (the storage type's maximum).
+
+    Returns:
+        ``(qmin, qmax)`` as Python ints.
+
+    Raises:
+        TypeError: a bound that is not an integer.
+        ValueError: a bound outside the storage type, or ``qmin > qmax``.
+    """
+    info = np.iinfo(dtype)
+    bounds = []
+    for name, value, default in (("qmin", qmin, info.min), ("qmax", qmax, info.max)):
+        if value is None:
+            bounds.append(int(default))
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{op}: {name} must be a Python int, got {type(value).__name__}")
+        if not info.min <= int(value) <= info.max:
+            raise ValueError(
+                f"{op}: {name} must lie in [{info.min}, {info.max}] for {dtype.name} storage, "
+                f"got {int(value)}"
+            )
+        bounds.append(int(value))
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"{op}: qmin must be <= qmax, got qmin={bounds[0]}, qmax={bounds[1]}")
+    return bounds[0], bounds[1]
+
+
+def check_float_input(op: str, name: str, value: Any) -> jax.Array:
+    """Checks a float input ``[..., D]`` (float16, bfloat16, float32, float64).
+
+    Returns:
+        The input as a JAX array.
+
+    Raises:
+        TypeError: not an array of a supported float dtype.
+        ValueError: rank 0.
+    """
+    array = as_array(op, name, value)
+    check_float_dtype(op, name, array.dtype)
+    if array.ndim < 1:
+        raise ValueError(f"{op}: {name} must have rank >= 1 ([..., D]), got a scalar")
+    return array

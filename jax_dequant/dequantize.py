@@ -17,6 +17,7 @@ from jax.interpreters import batching
 
 from jax_dequant import _config, plan, reference
 from jax_dequant import _validation as v
+from jax_dequant._partitioning import ELEMENTWISE
 from jax_dequant._primitive_utils import define_primitive, register_ffi_lowerings
 
 FFI_TARGET = "jax_dequant_dequantize_per_token"
@@ -72,9 +73,11 @@ def _dequantize_abstract_eval(q, scale, *zero_point, out_dtype):
 
 dequantize_p.def_abstract_eval(_dequantize_abstract_eval)
 
-# --- lowering ------------------------------------------------------------------------------------
+# --- lowering and partitioning -------------------------------------------------------------------
+# Elementwise along D: sharding q along any dim runs the kernel on each shard with the per-row
+# operands replicated along the D mesh axes; no collective.
 
-register_ffi_lowerings(dequantize_p, FFI_TARGET)
+register_ffi_lowerings(dequantize_p, FFI_TARGET, partitioning=ELEMENTWISE)
 
 # --- batching ------------------------------------------------------------------------------------
 
@@ -108,6 +111,13 @@ def _dequantize_batch(operands, batch_dims, *, out_dtype):
 
 
 batching.primitive_batchers[dequantize_p] = _dequantize_batch
+
+# --- differentiation -----------------------------------------------------------------------------
+# JVP and transpose rules of dequantize_p, and the backward primitives they bind, live in the
+# sibling module dequantize_grad.py (four more primitives with their own rules); importing it
+# registers them whenever this op is imported.
+
+from jax_dequant import dequantize_grad as _dequantize_grad  # noqa: E402,F401
 
 # --- plan introspection --------------------------------------------------------------------------
 

@@ -18,6 +18,13 @@ import pytest
 # Tests use float64 throughout; x64 must be on before any array is created.
 jax.config.update("jax_enable_x64", True)
 
+# The sharding tests (tests/test_sharding.py) need 8 CPU devices. The count is fixed when JAX
+# starts its CPU backend, so it is set here, before anything starts it. Other tests use the first
+# CPU device (or the GPU) and are unaffected. An explicit XLA_FLAGS device count wins.
+CPU_DEVICES_FOR_SHARDING = 8
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    jax.config.update("jax_num_cpu_devices", CPU_DEVICES_FOR_SHARDING)
+
 import jax_dequant as jdq  # noqa: E402
 
 REQUIRE_GPU = os.environ.get("JAX_DEQUANT_REQUIRE_GPU", "0") == "1"

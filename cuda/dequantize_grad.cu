@@ -1,0 +1,322 @@
+// CUDA kernels for the derivatives of dequantize: the backward pass (dq, dscale,
+// or both in one pass that reads dy once) and the fused forward-mode tangent.
+//
+// Layout. A group of G threads (a power of two from 1 to 256, chosen from the
+// row length: a warp or less for short rows, a whole block for long ones) owns
+// one row at a time; a 256-thread block holds 256 / G groups and blocks stride
+// over the rows. A chunk is kVec elements, 16 bytes of the narrower of the
+// arrays walked together (the wider one moves in several 16-byte accesses).
+// A row [start, end) of the flat [rows * cols] array is cut at
+// multiples of kVec of the *flat* index: chunk j covers
+// [max(start, (a + j) kVec), min(end, (a + j + 1) kVec)) with a = start / kVec.
+// Every chunk but the first and last of a row is full and, when the base
+// pointers are 16-byte aligned, moves with 16-byte loads and stores whatever
+// cols is; partial chunks (at most two per row) go element by element.
+//
+// Determinism. Lane l of a group takes chunks l, l + G, l + 2G, ... in
+// increasing order and accumulates each chunk's elements in increasing order,
+// in C. The group adds its lanes with a butterfly of shuffles (a + b and b + a
+// are the same bits, so every lane ends with the same sum) and, for G > 32, the
+// warps' sums in shared memory in warp order. G depends on cols alone and the
+// chunk cuts on the row's offset in the flat array, never on addresses, so the
+// summation order is fixed by the shape: the same bits on every run, on every
+// GPU, aligned buffers or not. When cols is a multiple of kVec every row is cut
+// the same way, so a row's sum does not depend on the other rows of the call
+// either (a vmapped or token-sharded backward gives the unbatched bits). No
+// atomics, no workspace.
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "cuda_kernels.h"
+#include "cuda_types.cuh"
+#include "dispatch.h"
+#include "numerics.h"
+
+namespace jdq::cuda {
+namespace {
+
+constexpr int kBlock = 256;
+// At least this many blocks resident per SM (caps registers at 64 per thread):
+// 1024 threads with one chunk (two to three 16-byte loads) each in flight keep
+// 32 KiB or more of loads in flight per SM, and one block's reduction barrier
+// never leaves an SM idle. (Loading several chunks ahead per thread made ptxas
+// spill under this cap.)
+constexpr int kMinBlocksPerSm = 4;
+constexpr int kWarp = 32;
+// Chunks each lane should get before a row is given more lanes.
+constexpr int64_t kChunksPerLane = 4;
+
+// Elements per chunk: 16 bytes of the narrower of the two arrays walked
+// together; the wider one moves in several 16-byte accesses.
+template <typename A, typename B>
+inline constexpr int kChunkElements = 16 / (sizeof(A) < sizeof(B) ? sizeof(A) : sizeof(B));
+
+// 16-byte global accesses of a chunk. The store is spelled in PTX: given a
+// plain aggregate or uint4 store of 16-bit values, the compiler splits it into
+// 4-byte stores.
+template <typename T, int kVec>
+__device__ __forceinline__ Pack<T, kVec> LoadPack(const T* address) {
+  return *reinterpret_cast<const Pack<T, kVec>*>(address);
+}
+
+template <typename T, int kVec>
+__device__ __forceinline__ void StorePack(T* address, const Pack<T, kVec>& pack) {
+  static_assert(sizeof(Pack<T, kVec>) % 16 == 0, "a chunk is whole 16-byte words");
+  constexpr int kWords = sizeof(Pack<T, kVec>) / 16;
+  uint4 words[kWords];
+  memcpy(words, &pack, sizeof(pack));
+  const size_t global = __cvta_generic_to_global(address);
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
+                 :
+                 : "l"(global + 16 * i), "r"(words[i].x), "r"(words[i].y), "r"(words[i].z),
+                   "r"(words[i].w));
+  }
+}
+
+bool IsAligned(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+// Walks the chunks a lane owns in one row [start, start + cols), in the fixed
+// order described above. Chunk 0 is the partial head before the first multiple
+// of kVec (if any), then come the full chunks, then the partial tail (if any).
+// With `vector_ok`, `use_chunk(lo)` handles the full chunk [lo, lo + kVec)
+// with 16-byte accesses; otherwise, and for the head and tail,
+// `use_element(e)` handles one element at a time. Either way the elements are
+// visited in the same, increasing order.
+template <int kVec, typename UseChunk, typename UseElement>
+__device__ __forceinline__ void WalkRow(int64_t start, int64_t cols, int lane, int group,
+                                        bool vector_ok, UseChunk&& use_chunk,
+                                        UseElement&& use_element) {
+  const int64_t to_boundary = (kVec - (start & (kVec - 1))) & (kVec - 1);
+  const int64_t head = to_boundary < cols ? to_boundary : cols;
+  const int64_t body = (cols - head) / kVec;  // full chunks (kVec is a power of two)
+  const int64_t tail = cols - head - body * kVec;
+  const int first_body = head > 0 ? 1 : 0;  // chunk number of the first full chunk
+  if (head > 0 && lane == 0) {
+    for (int64_t e = start; e < start + head; ++e) use_element(e);
+  }
+  // Full chunk k has chunk number first_body + k and belongs to lane (first_body + k) % group.
+  const int64_t body_start = start + head;
+  const int64_t first_chunk = lane >= first_body ? lane - first_body : lane - first_body + group;
+  if (vector_ok) {
+    for (int64_t k = first_chunk; k < body; k += group) use_chunk(body_start + k * kVec);
+  } else {
+    for (int64_t k = first_chunk; k < body; k += group) {
+      const int64_t lo = body_start + k * kVec;
+      for (int64_t e = lo; e < lo + kVec; ++e) use_element(e);
+    }
+  }
+  if (tail > 0 && lane == ((first_body + body) & (group - 1))) {
+    const int64_t tail_start = body_start + body * kVec;
+    for (int64_t e = tail_start; e < tail_start + tail; ++e) use_element(e);
+  }
+}
+
+// Sum of `value` over the group's lanes, in a fixed order; every lane gets it.
+// Must be reached by every thread of the block (it may synchronize).
+template <typename C>
+__device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
+  const int width = group < kWarp ? group : kWarp;
+  for (int offset = width / 2; offset > 0; offset /= 2) {
+    value = add_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  }
+  if (group > kWarp) {
+    const int warp = threadIdx.x / kWarp;
+    if (threadIdx.x % kWarp == 0) shared[warp] = value;
+    __syncthreads();
+    const int warps = group / kWarp;
+    const int first = warp & ~(warps - 1);
+    value = shared[first];
+    for (int w = 1; w < warps; ++w) value = add_rn(value, shared[first + w]);
+    __syncthreads();  // the next row reuses `shared`
+  }
+  return value;
+}
+
+// Backward of dequantize over rows: dq (kDq) and/or dscale (kDscale) in one pass.
+template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
+__global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
+    DequantizeGradKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
+                         const ScaleT* __restrict__ scale, const int32_t* __restrict__ zero_point,
+                         QT* __restrict__ dq, ScaleT* __restrict__ dscale, int64_t rows,
+                         int64_t cols, int group, bool vector_ok) {
+  using C = ComputeType<ScaleT, OutT>;
+  constexpr int kVec = kChunkElements<QT, OutT>;
+  __shared__ C shared[kBlock / kWarp];
+
+  const int groups_per_block = kBlock / group;
+  const int lane = threadIdx.x % group;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * groups_per_block; base < rows;
+       base += static_cast<int64_t>(gridDim.x) * groups_per_block) {
+    const int64_t row = base + threadIdx.x / group;
+    const bool active = row < rows;
+    // XLA (the reference's gradient) starts a sum from +0 but folds a sum of
+    // one term into the term; starting from -0 (the exact identity) for D = 1
+    // gives the same sign of zero.
+    C sum = cols == 1 ? -C(0) : C(0);
+    if (active) {
+      C row_scale = C(0);
+      if constexpr (kDq) row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
+      const C row_zero = kDscale && zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
+      // One element: writes dq, adds dy * (q - zp) to the lane's sum.
+      auto element = [&](OutT grad_value, QT level_value) -> QT {
+        const C grad = Convert<OutT>::template ToCompute<C>(grad_value);
+        if constexpr (kDscale) {
+          const C level = sub_rn(Convert<QT>::template ToCompute<C>(level_value), row_zero);
+          sum = add_rn(sum, mul_rn(grad, level));
+        }
+        if constexpr (kDq) {
+          return Convert<QT>::template FromCompute<C>(mul_rn(grad, row_scale));
+        } else {
+          return level_value;
+        }
+      };
+      WalkRow<kVec>(
+          row * cols, cols, lane, group, vector_ok,
+          [&](int64_t lo) {
+            const Pack<OutT, kVec> grads = LoadPack<OutT, kVec>(dy + lo);
+            Pack<QT, kVec> levels{};  // read only for dscale
+            if constexpr (kDscale) levels = LoadPack<QT, kVec>(q + lo);
+            Pack<QT, kVec> dq_values;
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) dq_values.v[i] = element(grads.v[i], levels.v[i]);
+            if constexpr (kDq) StorePack<QT, kVec>(dq + lo, dq_values);
+          },
+          [&](int64_t e) {
+            const QT grad = element(dy[e], kDscale ? q[e] : QT{});
+            if constexpr (kDq) dq[e] = grad;
+          });
+    }
+    if constexpr (kDscale) {
+      sum = GroupSum(sum, group, shared);
+      if (active && lane == 0) dscale[row] = Convert<ScaleT>::template FromCompute<C>(sum);
+    }
+  }
+}
+
+// Forward-mode tangent in q and scale together, rounded once.
+template <typename QT, typename ScaleT, typename OutT>
+__global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
+    DequantizeTangentKernel(const QT* __restrict__ q_tangent,
+                            const ScaleT* __restrict__ scale_tangent, const QT* __restrict__ q,
+                            const ScaleT* __restrict__ scale,
+                            const int32_t* __restrict__ zero_point, OutT* __restrict__ out,
+                            int64_t rows, int64_t cols, int group, bool vector_ok) {
+  using C = ComputeType<ScaleT, OutT>;
+  constexpr int kVec = kChunkElements<QT, OutT>;
+  const int groups_per_block = kBlock / group;
+  const int lane = threadIdx.x % group;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * groups_per_block; base < rows;
+       base += static_cast<int64_t>(gridDim.x) * groups_per_block) {
+    const int64_t row = base + threadIdx.x / group;
+    if (row >= rows) continue;
+    const C row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
+    const C row_scale_tangent = Convert<ScaleT>::template ToCompute<C>(scale_tangent[row]);
+    const C row_zero = zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
+    auto element = [&](QT tangent_value, QT level_value) {
+      const C from_q = mul_rn(Convert<QT>::template ToCompute<C>(tangent_value), row_scale);
+      const C level = sub_rn(Convert<QT>::template ToCompute<C>(level_value), row_zero);
+      return Convert<OutT>::template FromCompute<C>(
+          add_rn(from_q, mul_rn(level, row_scale_tangent)));
+    };
+    WalkRow<kVec>(
+        row * cols, cols, lane, group, vector_ok,
+        [&](int64_t lo) {
+          const Pack<QT, kVec> tangents = LoadPack<QT, kVec>(q_tangent + lo);
+          const Pack<QT, kVec> levels = LoadPack<QT, kVec>(q + lo);
+          Pack<OutT, kVec> values;
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) values.v[i] = element(tangents.v[i], levels.v[i]);
+          StorePack<OutT, kVec>(out + lo, values);
+        },
+        [&](int64_t e) { out[e] = element(q_tangent[e], q[e]); });
+  }
+}
+
+// Lanes per row: enough that each lane gets about kChunksPerLane chunks. A
+// function of the row length only (not of the number of rows), which keeps a
+// row's summation order independent of the rest of the call (see above).
+int GroupSize(int64_t cols, int vec) {
+  const int64_t chunks = cols % vec == 0 ? cols / vec : cols / vec + 2;
+  int group = 1;
+  while (group < kBlock && group * kChunksPerLane < chunks) group *= 2;
+  return group;
+}
+
+int64_t GridSize(int64_t rows, int group) {
+  const int64_t groups_per_block = kBlock / group;
+  const int64_t blocks = (rows + groups_per_block - 1) / groups_per_block;
+  return blocks < 0x7fffffff ? blocks : 0x7fffffff;
+}
+
+std::string LaunchStatus(const char* what) {
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) {
+    return std::string(what) + " kernel launch failed: " + cudaGetErrorString(status);
+  }
+  return std::string();
+}
+
+template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
+std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream) {
+  const int group = GroupSize(p.cols, kChunkElements<QT, OutT>);
+  const bool vector_ok =
+      IsAligned(p.dy) && (!kDscale || IsAligned(p.q)) && (!kDq || IsAligned(p.dq));
+  DequantizeGradKernel<QT, ScaleT, OutT, kDq, kDscale>
+      <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(
+          static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q),
+          static_cast<const ScaleT*>(p.scale), p.zero_point, static_cast<QT*>(p.dq),
+          static_cast<ScaleT*>(p.dscale), p.rows, p.cols, group, vector_ok);
+  return LaunchStatus("dequantize_per_token backward");
+}
+
+}  // namespace
+
+std::string DequantizeGrad(const DequantizeGradProblem& p, cudaStream_t stream) {
+  const bool want_dq = p.dq != nullptr;
+  const bool want_dscale = p.dscale != nullptr;
+  if (!want_dq && !want_dscale) return "dequantize_per_token backward: no output requested";
+  // D = 0 still launches when dscale is wanted: every row's sum is 0.
+  if (p.rows == 0 || (p.cols == 0 && !want_dscale)) return std::string();
+  return VisitDequantizeTypes<CudaTypes>(
+      p.q_type, p.scale_type, p.out_type, [&](auto q_tag, auto scale_tag, auto out_tag) {
+        using QT = typename decltype(q_tag)::type;
+        using ScaleT = typename decltype(scale_tag)::type;
+        using OutT = typename decltype(out_tag)::type;
+        if constexpr (std::is_integral_v<QT>) {
+          if (want_dq) return std::string("dequantize_per_token backward: dq needs a float q");
+          return LaunchGrad<QT, ScaleT, OutT, false, true>(p, stream);
+        } else {
+          if (want_dq && want_dscale) return LaunchGrad<QT, ScaleT, OutT, true, true>(p, stream);
+          if (want_dq) return LaunchGrad<QT, ScaleT, OutT, true, false>(p, stream);
+          return LaunchGrad<QT, ScaleT, OutT, false, true>(p, stream);
+        }
+      });
+}
+
+std::string DequantizeTangent(const DequantizeTangentProblem& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.cols == 0) return std::string();
+  return VisitDequantizeTypes<CudaTypes>(
+      p.q_type, p.scale_type, p.out_type, [&](auto q_tag, auto scale_tag, auto out_tag) {
+        using QT = typename decltype(q_tag)::type;
+        using ScaleT = typename decltype(scale_tag)::type;
+        using OutT = typename decltype(out_tag)::type;
+        if constexpr (std::is_integral_v<QT>) {
+          return std::string("dequantize_per_token tangent: q must be a float carrier");
+        } else {
+          const int group = GroupSize(p.cols, kChunkElements<QT, OutT>);
+          const bool vector_ok = IsAligned(p.q_tangent) && IsAligned(p.q) && IsAligned(p.out);
+          DequantizeTangentKernel<QT, ScaleT, OutT>
+              <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(
+                  static_cast<const QT*>(p.q_tangent), static_cast<const ScaleT*>(p.scale_tangent),
+                  static_cast<const QT*>(p.q), static_cast<const ScaleT*>(p.scale), p.zero_point,
+                  static_cast<OutT*>(p.out), p.rows, p.cols, group, vector_ok);
+          return LaunchStatus("dequantize_per_token tangent");
+        }
+      });
+}
+
+}  // namespace jdq::cuda
