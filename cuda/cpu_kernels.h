@@ -3,13 +3,29 @@
 #ifndef JAX_DEQUANT_CPU_KERNELS_H_
 #define JAX_DEQUANT_CPU_KERNELS_H_
 
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include "problem.h"
 
 namespace jdq::cpu {
 
-std::string Dequantize(const DequantizeProblem& problem);
+// Threads a kernel may split its work over. The CPU handlers adapt XLA's
+// intra-op thread pool to this (kernels include no XLA header). A kernel runs
+// part of the work on the calling thread and never waits for a task that has
+// not started, so a busy or absent pool only makes it slower, never stuck.
+class TaskRunner {
+ public:
+  virtual ~TaskRunner() = default;
+  // Threads that may run scheduled tasks (0: none; the caller does all).
+  virtual int64_t NumThreads() const = 0;
+  // Runs `task` on some thread, possibly the calling one, now or later.
+  virtual void Schedule(std::function<void()> task) = 0;
+};
+
+// `runner` may be null: everything then runs on the calling thread.
+std::string Dequantize(const DequantizeProblem& problem, TaskRunner* runner = nullptr);
 
 // Backward of dequantize (cpu_dequantize_grad.cc): dq and/or dscale.
 std::string DequantizeGrad(const DequantizeGradProblem& problem);

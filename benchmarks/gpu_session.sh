@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The whole GPU session in one call, from the repository root on the GPU machine:
+#
+#   bash benchmarks/gpu_session.sh
+#
+# 1. builds and installs the package with CUDA kernels for sm_90 only
+#    (pip install --no-build-isolation --no-deps .; log $OUT/pip.log);
+# 2. runs the tests with JAX_DEQUANT_REQUIRE_GPU=1 (log $OUT/pytest.log);
+# 3. runs the benchmark, python -m jax_dequant.bench: $OUT/bench.txt (table),
+#    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
+# 4. Nsight Compute on our dequantize kernel and XLA's fusion, 16384x8192
+#    int8 -> bf16: $OUT/ncu.txt;
+# 5. A/B: the first CUDA dequantize kernel (benchmarks/legacy/dequantize_v1.cu),
+#    built aside while step 1 builds, benchmarked on the dequantize shapes:
+#    $OUT/bench_legacy.txt/.json, and old vs new side by side.
+# A summary comes last. Every step runs under a share of one time budget
+# (JDQ_BUDGET_S, default 510 s, so the script stays under 9 minutes); a step
+# that no longer fits is skipped and says so. JDQ_PYTEST_ARGS (default -q)
+# and JDQ_BENCH_ARGS (default: the full set) change steps 2 and 3.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/gpu_out}
+mkdir -p "$OUT"
+BUDGET=${JDQ_BUDGET_S:-510}
+START=$(date +%s)
+PY=$(command -v python3)
+LEGACY=/tmp/jdq_legacy
+
+elapsed() { echo $(($(date +%s) - START)); }
+left() { echo $((BUDGET - $(elapsed))); }
+step() { echo; echo "== [$(elapsed)s] $*"; }
+# cap SECONDS RESERVE: SECONDS, or what is left after keeping RESERVE for later
+# steps, but at least 10 (timeout 0 would mean no limit at all).
+cap() {
+  local want=$1 reserve=$2 room
+  room=$(($(left) - reserve))
+  ((room < want)) && want=$room
+  ((want < 10)) && want=10
+  echo "$want"
+}
+
+cd "$ROOT"
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version \
+  --format=csv 2>&1 | tee "$OUT/gpu.txt"
+"$PY" -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" 2>&1 | tail -1
+
+step "build (sm_90) and, aside, the first dequantize kernel for the A/B"
+(
+  rm -rf "$LEGACY" && mkdir -p "$LEGACY" &&
+    tar --exclude=./build --exclude=./gpu_out --exclude=./.git -cf - . | (cd "$LEGACY" && tar xf -) &&
+    cp benchmarks/legacy/dequantize_v1.cu "$LEGACY/cuda/dequantize.cu" &&
+    cd "$LEGACY" &&
+    cmake -S . -B build -DJAX_DEQUANT_CUDA=ON -DJAX_DEQUANT_CUDA_ARCHITECTURES=90-real \
+      -DPython_EXECUTABLE="$PY" &&
+    cmake --build build -j 6 &&
+    cp build/_jax_dequant_ffi*.so jax_dequant/
+) >"$OUT/legacy_build.log" 2>&1 &
+LEGACY_PID=$!
+JAX_DEQUANT_CUDA=ON JAX_DEQUANT_CUDA_ARCHITECTURES=90-real CMAKE_BUILD_PARALLEL_LEVEL=10 \
+  timeout "$(cap 240 240)" "$PY" -m pip install --no-build-isolation --no-deps --no-index . \
+  >"$OUT/pip.log" 2>&1
+BUILD_RC=$?
+tail -n 2 "$OUT/pip.log"
+echo "pip install exit code $BUILD_RC"
+(cd /tmp && "$PY" -c "import jax_dequant as j; print('installed:', j.__file__, j.BUILD_INFO)") 2>&1 | tail -1
+
+step "tests (JAX_DEQUANT_REQUIRE_GPU=1)"
+PYTEST_RC=skipped
+if ((BUILD_RC == 0)); then
+  # From /tmp, so that the installed package is imported, not the source tree.
+  (cd /tmp && JAX_DEQUANT_REQUIRE_GPU=1 timeout "$(cap 270 230)" "$PY" -m pytest -p no:cacheprovider \
+    ${JDQ_PYTEST_ARGS:--q} "$ROOT/tests" >"$OUT/pytest.log" 2>&1)
+  PYTEST_RC=$?
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -n 30
+  tail -n 1 "$OUT/pytest.log"
+  ((PYTEST_RC == 124)) && echo "pytest was stopped by its time limit; see $OUT/pytest.log"
+fi
+
+step "benchmark"
+BENCH_RC=skipped
+if ((BUILD_RC == 0)); then
+  (cd "$OUT" && timeout "$(cap 230 30)" "$PY" -m jax_dequant.bench --platform gpu \
+    --json "$OUT/bench.json" --png "$OUT/bench.png" --markdown "$OUT/bench.md" \
+    ${JDQ_BENCH_ARGS:-} >"$OUT/bench.txt" 2>"$OUT/bench.log")
+  BENCH_RC=$?
+  cat "$OUT/bench.txt"
+  ((BENCH_RC == 0)) || { echo "benchmark exit code $BENCH_RC; last lines of its log:"; tail -n 15 "$OUT/bench.log"; }
+fi
+
+step "Nsight Compute: dequantize 16384x8192 int8 -> bf16, ours then XLA's"
+if ((BUILD_RC != 0)); then
+  echo "skipped: no build"
+elif ! command -v ncu >/dev/null; then
+  echo "skipped: ncu not found"
+elif (($(left) < 75)); then
+  echo "skipped: $(left) s left"
+else
+  (cd /tmp && timeout "$(cap 90 25)" ncu --kernel-name-base demangled -k 'regex:Dequantize|fusion' -c 2 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+    "$PY" "$ROOT/benchmarks/ncu_dequant.py" 16384 8192 bfloat16 >"$OUT/ncu.txt" 2>&1)
+  echo "ncu exit code $? (report: $OUT/ncu.txt)"
+  grep -E "DequantizeKernel|fusion|Duration|DRAM Throughput|Memory Throughput|dram__bytes|Achieved Occupancy|Registers Per|ERR_" \
+    "$OUT/ncu.txt" | head -n 40
+fi
+
+step "A/B: first dequantize kernel (benchmarks/legacy/dequantize_v1.cu) vs cuda/dequantize.cu"
+if ! wait "$LEGACY_PID" || ! ls "$LEGACY"/jax_dequant/_jax_dequant_ffi*.so >/dev/null 2>&1; then
+  echo "skipped: the legacy build failed; see $OUT/legacy_build.log"; tail -n 5 "$OUT/legacy_build.log"
+elif (($(left) < 60)); then
+  echo "skipped: $(left) s left"
+else
+  (cd "$OUT" && PYTHONPATH="$LEGACY" timeout "$(cap 120 10)" "$PY" -m jax_dequant.bench --platform gpu \
+    --ops dequantize --shapes 1x4096,16x4096,64x8192,4096x4096,16384x8192,65536x8192 \
+    --json "$OUT/bench_legacy.json" >"$OUT/bench_legacy.txt" 2>"$OUT/bench_legacy.log")
+  echo "legacy benchmark exit code $?"
+  "$PY" - "$OUT/bench.json" "$OUT/bench_legacy.json" <<'EOF'
+import json, sys
+try:
+    new, old = (json.load(open(p)) for p in sys.argv[1:3])
+except Exception as error:  # noqa: BLE001
+    sys.exit(f"no comparison: {error}")
+key = lambda r: (r["op"], r["dtype"], tuple(r["shape"]))
+old_rows = {key(r): r for r in old["results"]}
+print(f"copy: new run {new['copy']['gbps']:.0f} GB/s, legacy run {old['copy']['gbps']:.0f} GB/s")
+print(f"{'dtype':<6}{'shape':>12}{'v1 us':>10}{'new us':>10}{'v1 %copy':>10}{'new %copy':>11}{'v1/new':>8}"
+      f"{'v1 vs XLA':>11}{'new vs XLA':>12}")
+for r in new["results"]:
+    o = old_rows.get(key(r))
+    if r["op"] != "dequantize" or o is None or not o.get("ours_us") or not r.get("ours_us"):
+        continue
+    print(f"{r['dtype']:<6}{r['shape'][0]:>6}x{r['shape'][1]:<5}{o['ours_us']:>10.1f}{r['ours_us']:>10.1f}"
+          f"{o['ours_pct_copy']:>10.1f}{r['ours_pct_copy']:>11.1f}{o['ours_us'] / r['ours_us']:>8.3f}"
+          f"{o['speedup'] or 0:>11.3f}{r['speedup'] or 0:>12.3f}")
+EOF
+fi
+
+step "summary"
+echo "gpu: $(tail -n 1 "$OUT/gpu.txt")"
+echo "build: pip exit code $BUILD_RC"
+echo "tests: exit code $PYTEST_RC; $(tail -n 1 "$OUT/pytest.log" 2>/dev/null)"
+echo "benchmark: exit code $BENCH_RC"
+sed -n '/^Goals:/,/^wrote/p' "$OUT/bench.txt" 2>/dev/null | grep -v "^wrote"
+grep -E "^(timing|copy bandwidth):" "$OUT/bench.txt" 2>/dev/null
+echo "files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+echo "total $(elapsed) s"

@@ -1,0 +1,142 @@
+// Running CPU kernels fast: splitting work over XLA's intra-op threads (each
+// task in the floating-point mode of cpu_flush.h) and prefaulting large
+// outputs. For every CPU kernel; includes no XLA header.
+#ifndef JAX_DEQUANT_CPU_PARALLEL_H_
+#define JAX_DEQUANT_CPU_PARALLEL_H_
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <utility>
+
+#include "cpu_flush.h"
+#include "cpu_kernels.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace jdq::cpu {
+
+// --- Splitting work over threads -----------------------------------------------------------------
+
+// Work below this many elements is not split: scheduling a task costs a few
+// microseconds, and a chunk of this size takes tens.
+inline constexpr int64_t kMinChunkElements = int64_t{1} << 16;
+// Chunk boundaries fall on multiples of this many elements (whole cache lines
+// of every array whose elements are at least one byte).
+inline constexpr int64_t kChunkAlignElements = 64;
+// Chunks per thread, so that a thread slowed down by other work gets fewer.
+inline constexpr int64_t kChunksPerThread = 4;
+
+// The chunks of one ParallelFor, shared by the caller and its tasks. It lives
+// on the heap: a task that starts after all chunks are done (the pool was
+// busy) still finds it, claims nothing, and never touches the kernel's
+// buffers.
+class ParallelState {
+ public:
+  ParallelState(std::function<void(int64_t, int64_t)> body, int64_t total, int64_t chunk)
+      : body_(std::move(body)),
+        total_(total),
+        chunk_(chunk),
+        chunks_((total + chunk - 1) / chunk) {}
+
+  int64_t chunks() const { return chunks_; }
+
+  // Claims and runs chunks until none is left.
+  void Work() {
+    for (;;) {
+      const int64_t index = next_.fetch_add(1, std::memory_order_relaxed);
+      if (index >= chunks_) return;
+      const int64_t begin = index * chunk_;
+      body_(begin, std::min(total_, begin + chunk_));
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks_) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        finished_.notify_all();
+      }
+    }
+  }
+
+  // Waits until every claimed chunk is done; call after Work() returned on
+  // this thread, so that every chunk has been claimed by a running thread.
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    finished_.wait(lock, [&] { return done_.load(std::memory_order_acquire) == chunks_; });
+  }
+
+ private:
+  const std::function<void(int64_t, int64_t)> body_;
+  const int64_t total_;
+  const int64_t chunk_;
+  const int64_t chunks_;
+  std::atomic<int64_t> next_{0};
+  std::atomic<int64_t> done_{0};
+  std::mutex mutex_;
+  std::condition_variable finished_;
+};
+
+// Runs body(begin, end) over [0, total) (elements, or rows: any unit of work)
+// in chunks of at least `min_chunk` units whose boundaries are multiples of
+// `align`, on the calling thread and on up to runner->NumThreads() tasks. The
+// caller must hold a ScopedFlushDenormals; each task sets its own. Small
+// problems run inline, without a std::function or any allocation.
+template <typename Body>
+void ParallelFor(int64_t total, TaskRunner* runner, const Body& body,
+                 int64_t min_chunk = kMinChunkElements, int64_t align = kChunkAlignElements) {
+  if (total < 2 * min_chunk || runner == nullptr) {
+    if (total > 0) body(0, total);
+    return;
+  }
+  const int64_t threads = runner->NumThreads();
+  if (threads <= 0) {
+    body(0, total);
+    return;
+  }
+  const int64_t wanted = std::min(total / min_chunk, kChunksPerThread * (threads + 1));
+  int64_t chunk = (total + wanted - 1) / wanted;
+  chunk = (chunk + align - 1) / align * align;
+  auto state = std::make_shared<ParallelState>(body, total, chunk);
+  const int64_t helpers = std::min(threads, state->chunks() - 1);
+  for (int64_t i = 0; i < helpers; ++i) {
+    runner->Schedule([state] {
+      ScopedFlushDenormals flush;
+      state->Work();
+    });
+  }
+  state->Work();
+  state->Wait();
+}
+
+// --- Prefaulting large outputs -------------------------------------------------------------------
+
+// Outputs this large or larger are prefaulted.
+inline constexpr int64_t kPrefaultMinBytes = int64_t{1} << 20;
+
+// Large outputs are usually fresh memory (XLA allocates each result anew, and
+// the C library maps large blocks freshly), so writing them takes one page
+// fault per 4 KiB page, which costs more than the arithmetic. One
+// madvise(MADV_POPULATE_WRITE) (Linux 5.14+) makes the whole pages of a chunk
+// writable in one system call instead; it changes no data and allocates
+// nothing we would not write anyway. Any failure (an older kernel, a mapping
+// that cannot be populated) is ignored: the writes then fault as usual.
+inline void PrefaultForWriting(void* data, int64_t bytes) {
+#if defined(__linux__)
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, missing from older headers
+  constexpr uintptr_t kPage = 4096;
+  if (bytes < kPrefaultMinBytes) return;
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(data) + kPage - 1) & ~(kPage - 1);
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kPage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, kPopulateWrite);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+}  // namespace jdq::cpu
+
+#endif  // JAX_DEQUANT_CPU_PARALLEL_H_

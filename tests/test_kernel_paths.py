@@ -1,0 +1,149 @@
+"""Large shapes that take every path of the fast kernels, bit-exact against the reference.
+
+The small shapes of test_dequantize.py run the kernels' simplest paths. These
+arrays are big enough that the CPU kernel splits its work over XLA's threads
+(chunks that start and end inside rows, single rows split over threads), and
+that each CUDA thread handles several steps of several chunks (the unrolled
+main loop, the one-chunk remainder loop, chunks crossing row ends, the last
+partial chunk). Special values are spread over whole arrays so that every
+vectorized lane and every thread meets them.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jax_dequant as jdq
+from conftest import assert_bitwise_equal
+
+
+def _levels(rng, dtype, shape):
+    dtype = np.dtype(dtype)
+    low, high = (0, 256) if dtype == np.uint8 else (-128, 128)
+    return rng.integers(low, high, size=shape).astype(dtype)
+
+
+def _check(device, q, scale, zero_point, out_dtype, context):
+    args = [None if a is None else jax.device_put(a, device) for a in (q, scale, zero_point)]
+    ours = jax.jit(jdq.dequantize_per_token, static_argnames="out_dtype")
+    reference = jax.jit(jdq.reference.dequantize_per_token, static_argnames="out_dtype")
+    got = ours(*args, out_dtype=np.dtype(out_dtype))
+    want = reference(*args, out_dtype=np.dtype(out_dtype))
+    assert got.devices() == {device}
+    assert_bitwise_equal(got, want, context)
+    return got
+
+
+@pytest.mark.parametrize(
+    "shape,q_dtype,scale_dtype,out_dtype,symmetric",
+    [
+        # Row-aligned int8 chunks, several unrolled steps per CUDA thread.
+        ((4096, 4096), "int8", "float32", "bfloat16", True),
+        # Odd width: chunks cross row ends; a partial last chunk; zero points.
+        ((4099, 4097), "int8", "float32", "float16", False),
+        # Wide results (64 bytes per chunk: two chunks per step).
+        ((1500, 4096), "uint8", "float32", "float32", False),
+        # 8-element chunks of a bf16 carrier.
+        ((2048, 4100), "bfloat16", "bfloat16", "bfloat16", True),
+        # float64 compute, 128 bytes of results per chunk.
+        ((700, 2049), "int8", "float64", "float64", False),
+        # One row split over CPU threads; many tiny rows.
+        ((1, 300007), "int8", "float32", "bfloat16", False),
+        ((70001, 3), "int8", "float32", "float16", True),
+    ],
+)
+def test_large_shapes_match_reference(device, shape, q_dtype, scale_dtype, out_dtype, symmetric):
+    rng = np.random.default_rng(sum(shape))
+    q = _levels(rng, q_dtype, shape)
+    scale = (10.0 ** rng.uniform(-4, 1, size=shape[:-1])).astype(scale_dtype)
+    zero_point = None if symmetric else rng.integers(-200, 200, size=shape[:-1]).astype(np.int32)
+    _check(device, q, scale, zero_point, out_dtype, f"{shape} {q_dtype} {scale_dtype}->{out_dtype}")
+
+
+@pytest.mark.parametrize("out_dtype", ["bfloat16", "float16", "float32"])
+def test_special_values_across_a_large_array(device, out_dtype):
+    """Every row kind (inf/NaN/zero scales, float16-subnormal, overflowing and
+    float32-subnormal results) repeats over an array split across threads."""
+    f32 = np.finfo(np.float32)
+    row_kinds = np.array(
+        [
+            1.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            0.0,
+            -0.0,
+            1e-7,
+            3e-6,
+            700.0,
+            3e36,
+            float(f32.tiny),
+            float(f32.smallest_subnormal) * 8,
+            -0.02,
+            6.1e-5 / 127,
+        ],
+        np.float32,
+    )
+    rows = 40 * row_kinds.size
+    scale = np.tile(row_kinds, rows // row_kinds.size)
+    rng = np.random.default_rng(11)
+    q = _levels(rng, "int8", (rows, 4111))
+    q[:, ::97] = 0  # 0 * inf and 0 * NaN
+    zero_point = rng.integers(-3, 3, size=(rows,)).astype(np.int32)
+    for zp in (None, zero_point):
+        _check(device, q, scale, zp, out_dtype, f"special rows -> {out_dtype} zp={zp is not None}")
+
+
+def test_repeated_runs_give_identical_bits(device):
+    """The threaded and multi-block paths have no race: three runs agree bit for bit."""
+    rng = np.random.default_rng(5)
+    q = _levels(rng, "int8", (999, 1001))
+    scale = rng.uniform(0.001, 0.1, size=(999,)).astype(np.float32)
+    first = np.asarray(_check(device, q, scale, None, "float16", "run 0"))
+    for run in (1, 2):
+        again = np.asarray(_check(device, q, scale, None, "float16", f"run {run}"))
+        np.testing.assert_array_equal(first.view(np.uint16), again.view(np.uint16))
+
+
+Q_DTYPES = ["int8", "uint8", "bfloat16", "float16", "float32"]
+PAIRS = [
+    ("float32", "bfloat16"),
+    ("float32", "float16"),
+    ("float32", "float32"),
+    ("bfloat16", "bfloat16"),
+    ("float16", "float16"),
+]
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_random_large_cases_match_reference(device, data):
+    cols = data.draw(st.one_of(st.integers(1, 40), st.integers(1000, 9000)), label="D")
+    rows = data.draw(st.integers(max(1, 140_000 // cols), max(2, 600_000 // cols)), label="N")
+    q_dtype = data.draw(st.sampled_from(Q_DTYPES), label="q_dtype")
+    scale_dtype, out_dtype = data.draw(st.sampled_from(PAIRS), label="pair")
+    symmetric = data.draw(st.booleans(), label="symmetric")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    q = _levels(rng, q_dtype if q_dtype in ("int8", "uint8") else "int8", (rows, cols))
+    q = q.astype(ml_dtypes.bfloat16 if q_dtype == "bfloat16" else q_dtype)
+    scale = 10.0 ** rng.uniform(-6, 3, size=(rows,)) * rng.choice([-1, 1], size=(rows,))
+    scale = scale.astype(scale_dtype)
+    zero_point = None if symmetric else rng.integers(-300, 300, size=(rows,)).astype(np.int32)
+    _check(
+        device,
+        q,
+        scale,
+        zero_point,
+        out_dtype,
+        f"({rows}, {cols}) {q_dtype} {scale_dtype}->{out_dtype} sym={symmetric}",
+    )
