@@ -10,9 +10,6 @@
 #    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
 # 4. Nsight Compute on our dequantize kernel and XLA's fusion, 16384x8192
 #    int8 -> bf16: $OUT/ncu.txt;
-# 5. A/B: the first CUDA dequantize kernel (benchmarks/legacy/dequantize_v1.cu),
-#    built aside while step 1 builds, benchmarked on the dequantize shapes:
-#    $OUT/bench_legacy.txt/.json, and old vs new side by side.
 # A summary comes last. Every step runs under a share of one time budget
 # (JDQ_BUDGET_S, default 510 s, so the script stays under 9 minutes); a step
 # that no longer fits is skipped and says so. JDQ_PYTEST_ARGS (default -q)
@@ -26,7 +23,6 @@ mkdir -p "$OUT"
 BUDGET=${JDQ_BUDGET_S:-510}
 START=$(date +%s)
 PY=$(command -v python3)
-LEGACY=/tmp/jdq_legacy
 
 elapsed() { echo $(($(date +%s) - START)); }
 left() { echo $((BUDGET - $(elapsed))); }
@@ -47,18 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_ver
   --format=csv 2>&1 | tee "$OUT/gpu.txt"
 "$PY" -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" 2>&1 | tail -1
 
-step "build (sm_90) and, aside, the first dequantize kernel for the A/B"
-(
-  rm -rf "$LEGACY" && mkdir -p "$LEGACY" &&
-    tar --exclude=./build --exclude=./gpu_out --exclude=./.git -cf - . | (cd "$LEGACY" && tar xf -) &&
-    cp benchmarks/legacy/dequantize_v1.cu "$LEGACY/cuda/dequantize.cu" &&
-    cd "$LEGACY" &&
-    cmake -S . -B build -DJAX_DEQUANT_CUDA=ON -DJAX_DEQUANT_CUDA_ARCHITECTURES=90-real \
-      -DPython_EXECUTABLE="$PY" &&
-    cmake --build build -j 6 &&
-    cp build/_jax_dequant_ffi*.so jax_dequant/
-) >"$OUT/legacy_build.log" 2>&1 &
-LEGACY_PID=$!
+step "build (sm_90)"
 JAX_DEQUANT_CUDA=ON JAX_DEQUANT_CUDA_ARCHITECTURES=90-real CMAKE_BUILD_PARALLEL_LEVEL=10 \
   timeout "$(cap 240 240)" "$PY" -m pip install --no-build-isolation --no-deps --no-index . \
   >"$OUT/pip.log" 2>&1
@@ -107,36 +92,6 @@ else
     "$OUT/ncu.txt" | head -n 40
 fi
 
-step "A/B: first dequantize kernel (benchmarks/legacy/dequantize_v1.cu) vs cuda/dequantize.cu"
-if ! wait "$LEGACY_PID" || ! ls "$LEGACY"/jax_dequant/_jax_dequant_ffi*.so >/dev/null 2>&1; then
-  echo "skipped: the legacy build failed; see $OUT/legacy_build.log"; tail -n 5 "$OUT/legacy_build.log"
-elif (($(left) < 60)); then
-  echo "skipped: $(left) s left"
-else
-  (cd "$OUT" && PYTHONPATH="$LEGACY" timeout "$(cap 120 10)" "$PY" -m jax_dequant.bench --platform gpu \
-    --ops dequantize --shapes 1x4096,16x4096,64x8192,4096x4096,16384x8192,65536x8192 \
-    --json "$OUT/bench_legacy.json" >"$OUT/bench_legacy.txt" 2>"$OUT/bench_legacy.log")
-  echo "legacy benchmark exit code $?"
-  "$PY" - "$OUT/bench.json" "$OUT/bench_legacy.json" <<'EOF'
-import json, sys
-try:
-    new, old = (json.load(open(p)) for p in sys.argv[1:3])
-except Exception as error:  # noqa: BLE001
-    sys.exit(f"no comparison: {error}")
-key = lambda r: (r["op"], r["dtype"], tuple(r["shape"]))
-old_rows = {key(r): r for r in old["results"]}
-print(f"copy: new run {new['copy']['gbps']:.0f} GB/s, legacy run {old['copy']['gbps']:.0f} GB/s")
-print(f"{'dtype':<6}{'shape':>12}{'v1 us':>10}{'new us':>10}{'v1 %copy':>10}{'new %copy':>11}{'v1/new':>8}"
-      f"{'v1 vs XLA':>11}{'new vs XLA':>12}")
-for r in new["results"]:
-    o = old_rows.get(key(r))
-    if r["op"] != "dequantize" or o is None or not o.get("ours_us") or not r.get("ours_us"):
-        continue
-    print(f"{r['dtype']:<6}{r['shape'][0]:>6}x{r['shape'][1]:<5}{o['ours_us']:>10.1f}{r['ours_us']:>10.1f}"
-          f"{o['ours_pct_copy']:>10.1f}{r['ours_pct_copy']:>11.1f}{o['ours_us'] / r['ours_us']:>8.3f}"
-          f"{o['speedup'] or 0:>11.3f}{r['speedup'] or 0:>12.3f}")
-EOF
-fi
 
 step "summary"
 echo "gpu: $(tail -n 1 "$OUT/gpu.txt")"
