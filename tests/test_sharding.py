@@ -711,6 +711,9 @@ def _run_python(script: str, extra_env: dict | None = None) -> str:
     completed = subprocess.run(
         [sys.executable, "-c", script],
         env=env,
+        # `-c` puts the working directory first on sys.path: run where the package that this
+        # process imported lives, not in a source checkout without the compiled library.
+        cwd=package_root,
         capture_output=True,
         text=True,
         timeout=600,
