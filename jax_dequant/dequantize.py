@@ -112,24 +112,30 @@ def _dequantize_batch(operands, batch_dims, *, out_dtype):
 
 batching.primitive_batchers[dequantize_p] = _dequantize_batch
 
-# --- differentiation -----------------------------------------------------------------------------
-# JVP and transpose rules of dequantize_p, and the backward primitives they bind, live in the
-# sibling module dequantize_grad.py (four more primitives with their own rules); importing it
-# registers them whenever this op is imported.
-
-from jax_dequant import dequantize_grad as _dequantize_grad  # noqa: E402,F401
-
 # --- plan introspection --------------------------------------------------------------------------
 
 
-def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
-    op = "dequantize_per_token"
+def check_plan_dtypes(op: str, in_dtype, out_dtype, scale_dtype) -> np.dtype:
+    """Checks a dequantize (or dequantize gradient) plan's dtypes.
+
+    Returns:
+        The scale dtype, defaulting to ``out_dtype``.
+
+    Raises:
+        TypeError: a dtype or (scale, output) pair the op does not support.
+    """
     if in_dtype not in v.STORAGE_DTYPES + v.FLOAT_DTYPES:
         raise TypeError(f"kernel_plan: {op} takes int8/uint8 or a float carrier, got {in_dtype}")
     scale_dtype = out_dtype if scale_dtype is None else scale_dtype
     v.check_float_dtype(op, "out_dtype", out_dtype)
     v.check_float_dtype(op, "scale_dtype", scale_dtype)
     v.check_scale_out_pair(op, scale_dtype, out_dtype)
+    return scale_dtype
+
+
+def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
+    op = "dequantize_per_token"
+    scale_dtype = check_plan_dtypes(op, in_dtype, out_dtype, scale_dtype)
     if platform == "cuda":
         description = (
             "flat walk over 16-byte chunks of q (one per thread), one division per chunk to find "
@@ -152,3 +158,10 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
 
 
 plan.register_planner("dequantize_per_token", _plan)
+
+# --- differentiation -----------------------------------------------------------------------------
+# JVP and transpose rules of dequantize_p, and the backward primitives they bind, live in the
+# sibling module dequantize_grad.py (four more primitives with their own rules); importing it
+# registers them whenever this op is imported.
+
+from jax_dequant import dequantize_grad as _dequantize_grad  # noqa: E402,F401

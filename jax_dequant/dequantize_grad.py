@@ -58,7 +58,12 @@ from jax_dequant import plan
 from jax_dequant import _validation as v
 from jax_dequant._partitioning import ELEMENTWISE, ReduceOverD, row_aval
 from jax_dequant._primitive_utils import define_primitive, register_ffi_lowerings
-from jax_dequant.dequantize import batch_size, dequantize_p, move_batch_axis_to_front
+from jax_dequant.dequantize import (
+    batch_size,
+    check_plan_dtypes,
+    dequantize_p,
+    move_batch_axis_to_front,
+)
 
 DSCALE_TARGET = "jax_dequant_dequantize_per_token_dscale"
 DQ_TARGET = "jax_dequant_dequantize_per_token_dq"
@@ -400,12 +405,7 @@ ad.primitive_transposes[dq_dscale_p] = _dq_dscale_transpose
 
 def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
     op = "dequantize_per_token_grad"
-    if in_dtype not in v.STORAGE_DTYPES + v.FLOAT_DTYPES:
-        raise TypeError(f"kernel_plan: {op} takes int8/uint8 or a float carrier, got {in_dtype}")
-    scale_dtype = out_dtype if scale_dtype is None else scale_dtype
-    v.check_float_dtype(op, "out_dtype", out_dtype)
-    v.check_float_dtype(op, "scale_dtype", scale_dtype)
-    v.check_scale_out_pair(op, scale_dtype, out_dtype)
+    scale_dtype = check_plan_dtypes(op, in_dtype, out_dtype, scale_dtype)
     accumulator = v.compute_dtype(scale_dtype, out_dtype).name
     kernels = (
         "dscale only (an integer q gets no gradient)"
