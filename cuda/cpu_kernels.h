@@ -40,6 +40,10 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem,
 std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
 std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem);
 
+// Static and dynamic quantization (cpu_quantize.cc).
+std::string Quantize(const QuantizeProblem& problem);
+std::string QuantizeDynamic(const DynamicQuantizeProblem& problem);
+
 }  // namespace jdq::cpu
 
 #endif  // JAX_DEQUANT_CPU_KERNELS_H_

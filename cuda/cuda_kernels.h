@@ -25,6 +25,10 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem, cudaS
 std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem, cudaStream_t stream);
 std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem, cudaStream_t stream);
 
+// Static quantization (quantize.cu) and dynamic quantization (quantize_dynamic.cu).
+std::string Quantize(const QuantizeProblem& problem, cudaStream_t stream);
+std::string QuantizeDynamic(const DynamicQuantizeProblem& problem, cudaStream_t stream);
+
 }  // namespace jdq::cuda
 
 #endif  // JAX_DEQUANT_CUDA_KERNELS_H_

@@ -92,6 +92,42 @@ std::string VisitFakeQuantizeTypes(DType x_type, DType scale_type, Fn&& fn) {
   });
 }
 
+// Calls fn(TypeTag<T>{}) for quantized storage proper: int8 or uint8.
+template <typename Fn>
+std::string VisitQuantized(DType type, Fn&& fn) {
+  switch (type) {
+    case DType::kS8:
+      return fn(TypeTag<int8_t>{});
+    case DType::kU8:
+      return fn(TypeTag<uint8_t>{});
+    default:
+      return std::string("expected int8 or uint8 storage, got ") + DTypeName(type);
+  }
+}
+
+// Dispatches an (input, scale, storage) triple of the quantize ops:
+// fn(x_tag, scale_tag, q_tag). Static quantization (kAnyScale = false) takes
+// the (x, scale) pairs of VisitFakeQuantizeTypes (a scale of x's type, or
+// float32); dynamic quantization (kAnyScale = true) stores its scale in any
+// float type.
+template <typename Types, bool kAnyScale, typename Fn>
+std::string VisitQuantizeTypes(DType x_type, DType scale_type, DType q_type, Fn&& fn) {
+  auto with_storage = [&](auto x_tag, auto scale_tag) -> std::string {
+    return VisitQuantized(q_type, [&](auto q_tag) -> std::string {
+      return fn(x_tag, scale_tag, q_tag);
+    });
+  };
+  if constexpr (kAnyScale) {
+    return VisitFloat<Types>(x_type, [&](auto x_tag) -> std::string {
+      return VisitFloat<Types>(scale_type, [&](auto scale_tag) -> std::string {
+        return with_storage(x_tag, scale_tag);
+      });
+    });
+  } else {
+    return VisitFakeQuantizeTypes<Types>(x_type, scale_type, with_storage);
+  }
+}
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_DISPATCH_H_

@@ -20,6 +20,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda_common.cuh"
 #include "cuda_kernels.h"
 #include "cuda_types.cuh"
 #include "dispatch.h"
@@ -32,10 +33,6 @@ constexpr int kThreadsPerBlock = 256;
 constexpr int kMaxThreadsPerRow = 1024;
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
-
-bool IsAligned(const void* pointer, int64_t bytes) {
-  return reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(bytes) == 0;
-}
 
 std::string LaunchStatus(const char* kernel) {
   const cudaError_t status = cudaGetLastError();
@@ -64,20 +61,6 @@ __device__ __forceinline__ RowConstants<C> LoadRow(const ScaleT* __restrict__ sc
 }
 
 // --- element-wise kernels --------------------------------------------------------------------
-
-__device__ __forceinline__ void RowOf(int64_t element, int64_t cols, bool narrow_index,
-                                      int64_t& row, int64_t& col) {
-  if (narrow_index) {
-    const uint32_t e = static_cast<uint32_t>(element);
-    const uint32_t c = static_cast<uint32_t>(cols);
-    const uint32_t r = e / c;
-    row = r;
-    col = e - r * c;
-  } else {
-    row = element / cols;
-    col = element - row * cols;
-  }
-}
 
 enum class ElementwiseOp { kForward, kTangent };
 

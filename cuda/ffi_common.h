@@ -228,6 +228,109 @@ inline ffi::ErrorOr<DequantizeTangentProblem> DecodeDequantizeTangent(
   return p;
 }
 
+// --- quantize ----------------------------------------------------------------------------------
+
+// Checks [qmin, qmax] against the int8/uint8 storage type of q.
+inline ffi::Error CheckQuantRange(DType q_type, int32_t qmin, int32_t qmax, const char* op) {
+  int32_t lowest = 0;
+  int32_t highest = 0;
+  if (q_type == DType::kS8) {
+    lowest = -128;
+    highest = 127;
+  } else if (q_type == DType::kU8) {
+    highest = 255;
+  } else {
+    return ffi::Error::InvalidArgument(std::string(op) + ": q must be int8 or uint8, got " +
+                                       DTypeName(q_type));
+  }
+  if (qmin < lowest || qmax > highest || qmin > qmax) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": [qmin, qmax] = [" +
+                                       std::to_string(qmin) + ", " + std::to_string(qmax) +
+                                       "] is not a range inside " + DTypeName(q_type));
+  }
+  return ffi::Error::Success();
+}
+
+inline ffi::ErrorOr<QuantizeProblem> DecodeQuantize(const ffi::AnyBuffer& x,
+                                                    const ffi::AnyBuffer& scale,
+                                                    const ffi::RemainingArgs& extra,
+                                                    const ffi::AnyBuffer& q, int32_t qmin,
+                                                    int32_t qmax) {
+  constexpr const char* kOp = "quantize_per_token";
+  if (x.dimensions().size() < 1) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("quantize_per_token: x must have rank >= 1"));
+  }
+  if (!SameDimensions(x, q)) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("quantize_per_token: output shape must equal x's shape"));
+  }
+  QuantizeProblem p;
+  p.rows = LeadingElements(x);
+  p.cols = x.dimensions().back();
+  if (static_cast<int64_t>(scale.element_count()) != p.rows) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "quantize_per_token: scale must hold one value per row (" + std::to_string(p.rows) +
+        " rows), got " + std::to_string(scale.element_count())));
+  }
+  auto zero_point = DecodeZeroPoint(extra, p.rows, kOp);
+  if (zero_point.has_error()) return ffi::Unexpected(zero_point.error());
+  p.x_type = ToDType(x.element_type());
+  p.scale_type = ToDType(scale.element_type());
+  p.q_type = ToDType(q.element_type());
+  ffi::Error range = CheckQuantRange(p.q_type, qmin, qmax, kOp);
+  if (range.failure()) return ffi::Unexpected(range);
+  p.x = x.untyped_data();
+  p.scale = scale.untyped_data();
+  p.zero_point = *zero_point;
+  p.q = q.untyped_data();
+  p.qmin = qmin;
+  p.qmax = qmax;
+  return p;
+}
+
+inline ffi::ErrorOr<DynamicQuantizeProblem> DecodeQuantizeDynamic(
+    const ffi::AnyBuffer& x, const ffi::AnyBuffer& q, const ffi::AnyBuffer& scale,
+    const ffi::AnyBuffer& zero_point, bool symmetric, int32_t qmin, int32_t qmax) {
+  constexpr const char* kOp = "quantize_per_token_dynamic";
+  if (x.dimensions().size() < 1) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("quantize_per_token_dynamic: x must have rank >= 1"));
+  }
+  if (!SameDimensions(x, q)) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "quantize_per_token_dynamic: q's shape must equal x's shape"));
+  }
+  DynamicQuantizeProblem p;
+  p.rows = LeadingElements(x);
+  p.cols = x.dimensions().back();
+  if (static_cast<int64_t>(scale.element_count()) != p.rows ||
+      static_cast<int64_t>(zero_point.element_count()) != p.rows ||
+      zero_point.element_type() != ffi::DataType::S32) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "quantize_per_token_dynamic: scale and int32 zero_point must hold one value per row (" +
+        std::to_string(p.rows) + " rows)"));
+  }
+  p.x_type = ToDType(x.element_type());
+  p.scale_type = ToDType(scale.element_type());
+  p.q_type = ToDType(q.element_type());
+  ffi::Error range = CheckQuantRange(p.q_type, qmin, qmax, kOp);
+  if (range.failure()) return ffi::Unexpected(range);
+  // The chosen scale divides by qmax (symmetric) or qmax - qmin (asymmetric).
+  if (symmetric ? qmax <= 0 : qmax <= qmin) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "quantize_per_token_dynamic: the quantized range is empty (qmax " +
+        std::string(symmetric ? "<= 0" : "<= qmin") + ")"));
+  }
+  p.symmetric = symmetric;
+  p.x = x.untyped_data();
+  p.q = q.untyped_data();
+  p.scale = scale.untyped_data();
+  p.zero_point = static_cast<int32_t*>(zero_point.untyped_data());
+  p.qmin = qmin;
+  p.qmax = qmax;
+  return p;
+}
+
 // Kernels report failure as a message; an empty message is success.
 inline ffi::Error ToError(const std::string& message) {
   if (message.empty()) return ffi::Error::Success();

@@ -92,6 +92,24 @@ ffi::Error FakeQuantizeBackwardCudaImpl(cudaStream_t stream, ffi::AnyBuffer cota
   return ToError(cuda::FakeQuantizeBackward(*problem, stream));
 }
 
+ffi::Error QuantizeCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer scale,
+                            ffi::RemainingArgs zero_point, ffi::Result<ffi::AnyBuffer> q,
+                            int32_t qmin, int32_t qmax) {
+  auto problem = DecodeQuantize(x, scale, zero_point, *q, qmin, qmax);
+  if (problem.has_error()) return problem.error();
+  return ToError(cuda::Quantize(*problem, stream));
+}
+
+ffi::Error QuantizeDynamicCudaImpl(cudaStream_t stream, ffi::AnyBuffer x,
+                                   ffi::Result<ffi::AnyBuffer> q,
+                                   ffi::Result<ffi::AnyBuffer> scale,
+                                   ffi::Result<ffi::AnyBuffer> zero_point, bool symmetric,
+                                   int32_t qmin, int32_t qmax) {
+  auto problem = DecodeQuantizeDynamic(x, *q, *scale, *zero_point, symmetric, qmin, qmax);
+  if (problem.has_error()) return problem.error();
+  return ToError(cuda::QuantizeDynamic(*problem, stream));
+}
+
 }  // namespace
 }  // namespace jdq
 
@@ -188,6 +206,29 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeBackwardCuda, jdq::FakeQuantizeBack
                                   .RemainingArgs()             // zero_point (absent: symmetric)
                                   .RemainingRets()             // [grad_x], grad_scale
                                   .Attr<bool>("want_grad_x")   // want_grad_x
+                                  .Attr<int32_t>("qmin")       // qmin
+                                  .Attr<int32_t>("qmax"),      // qmax
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqQuantizeCuda, jdq::QuantizeCudaImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()  // stream
+                                  .Arg<xla::ffi::AnyBuffer>()  // x
+                                  .Arg<xla::ffi::AnyBuffer>()  // scale
+                                  .RemainingArgs()             // zero_point (absent: symmetric)
+                                  .Ret<xla::ffi::AnyBuffer>()  // q
+                                  .Attr<int32_t>("qmin")       // qmin
+                                  .Attr<int32_t>("qmax"),      // qmax
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqQuantizeDynamicCuda, jdq::QuantizeDynamicCudaImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()  // stream
+                                  .Arg<xla::ffi::AnyBuffer>()  // x
+                                  .Ret<xla::ffi::AnyBuffer>()  // q
+                                  .Ret<xla::ffi::AnyBuffer>()  // scale
+                                  .Ret<xla::ffi::AnyBuffer>()  // zero_point
+                                  .Attr<bool>("symmetric")     // symmetric
                                   .Attr<int32_t>("qmin")       // qmin
                                   .Attr<int32_t>("qmax"),      // qmax
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -43,6 +43,9 @@ NB_MODULE(_jax_dequant_ffi, m) {
             EncapsulateFfiHandler(JdqFakeQuantizeTangentCpu);
         cpu["jax_dequant_fake_quantize_per_token_backward"] =
             EncapsulateFfiHandler(JdqFakeQuantizeBackwardCpu);
+        cpu["jax_dequant_quantize_per_token"] = EncapsulateFfiHandler(JdqQuantizeCpu);
+        cpu["jax_dequant_quantize_per_token_dynamic"] =
+            EncapsulateFfiHandler(JdqQuantizeDynamicCpu);
         nb::dict cuda;
 #if JAX_DEQUANT_WITH_CUDA
         cuda["jax_dequant_dequantize_per_token"] = EncapsulateFfiHandler(JdqDequantizeCuda);
@@ -60,6 +63,9 @@ NB_MODULE(_jax_dequant_ffi, m) {
             EncapsulateFfiHandler(JdqFakeQuantizeTangentCuda);
         cuda["jax_dequant_fake_quantize_per_token_backward"] =
             EncapsulateFfiHandler(JdqFakeQuantizeBackwardCuda);
+        cuda["jax_dequant_quantize_per_token"] = EncapsulateFfiHandler(JdqQuantizeCuda);
+        cuda["jax_dequant_quantize_per_token_dynamic"] =
+            EncapsulateFfiHandler(JdqQuantizeDynamicCuda);
 #endif
         nb::dict by_platform;
         by_platform["cpu"] = cpu;

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "problem.h"
+
 #if defined(__CUDACC__)
 #define JDQ_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -22,6 +24,8 @@ namespace jdq {
 
 // Conversions between a storage type and the compute type C. Each platform
 // specializes this for its 16-bit float types (cpu_types.h, cuda_types.cuh).
+// A float64 value is stored as float16/bfloat16 through float32 (two
+// roundings), which is what XLA's convert does on both platforms.
 template <typename T, typename Enable = void>
 struct Convert {
   template <typename C>
@@ -196,6 +200,73 @@ JDQ_HOST_DEVICE int32_t asymmetric_zero_point(C lo, C hi, C stored_scale, C qmin
   level = level < qmin ? qmin : level;
   level = level > qmax ? qmax : level;
   return static_cast<int32_t>(level);
+}
+
+// --- dynamic quantization of a row -----------------------------------------------------------
+
+// Folds one value into a row's range. Starting from lo = hi = 0 this gives the
+// range widened to include 0 (lo = min(min(row), 0), hi = max(max(row), 0));
+// a NaN anywhere makes both NaN. min/max are exact, so any order of folding
+// (and of combining partial ranges) gives the same values, up to the sign of
+// a zero and NaN payloads, which change no scale, zero point or level.
+template <typename C>
+JDQ_HOST_DEVICE void extend_range(C value, C& lo, C& hi) {
+  lo = min_propagate_nan(lo, value);
+  hi = max_propagate_nan(hi, value);
+}
+
+// The scale a dynamic quantizer chooses (in C, before it is stored) for a row
+// whose widened range is [lo, hi]: symmetric uses absmax = max(-lo, hi).
+template <typename C>
+JDQ_HOST_DEVICE C dynamic_scale(C lo, C hi, bool symmetric, C qmin, C qmax, C smallest_normal,
+                                C largest) {
+  if (symmetric) return symmetric_scale(max_propagate_nan(-lo, hi), qmax, smallest_normal, largest);
+  return asymmetric_scale(lo, hi, qmin, qmax, smallest_normal, largest);
+}
+
+// The zero point that goes with the stored scale: 0 when symmetric.
+template <typename C>
+JDQ_HOST_DEVICE int32_t dynamic_zero_point(C lo, C hi, bool symmetric, C stored_scale, C qmin,
+                                           C qmax) {
+  return symmetric ? 0 : asymmetric_zero_point(lo, hi, stored_scale, qmin, qmax);
+}
+
+// The range a chosen scale is clamped to (reference.scale_bounds), as C
+// values: the smallest normal number of the scale's storage type, and the
+// smaller of its largest finite value and 1 / (smallest normal of C). Host
+// side: launchers compute it once and pass it to the kernels.
+template <typename C>
+struct ScaleRange {
+  C smallest_normal;
+  C largest;
+};
+
+template <typename C>
+inline ScaleRange<C> ScaleRangeFor(DType scale_type) {
+  double smallest_normal = 0.0;
+  double largest = 0.0;
+  switch (scale_type) {
+    case DType::kF16:
+      smallest_normal = 0x1p-14;
+      largest = 65504.0;
+      break;
+    case DType::kBF16:
+      smallest_normal = 0x1p-126;
+      largest = 0x1.fep127;  // (2 - 2^-7) * 2^127
+      break;
+    case DType::kF32:
+      smallest_normal = 0x1p-126;
+      largest = 0x1.fffffep127;  // (2 - 2^-23) * 2^127
+      break;
+    default:  // float64
+      smallest_normal = 0x1p-1022;
+      largest = 0x1.fffffffffffffp1023;
+      break;
+  }
+  // 1 / (smallest normal of C).
+  const double cap = std::is_same_v<C, double> ? 0x1p1022 : 0x1p126;
+  return ScaleRange<C>{static_cast<C>(smallest_normal),
+                       static_cast<C>(largest < cap ? largest : cap)};
 }
 
 // --- fake quantization (SPEC.md, "fake quant" and "Differentiation") -----------------------------

@@ -176,6 +176,43 @@ struct FakeQuantizeBackwardProblem {
   int32_t qmax = 0;
 };
 
+// q[n, d] = clamp(rne(C(x[n, d]) * r[n] + C(zp[n])), qmin, qmax) with
+// r[n] = 1 / C(scale[n]) rounded once per row. `x` is a float type, `scale`
+// has x's type or float32, `q` is int8/uint8 storage and [qmin, qmax] lies in
+// its range; `zero_point` is null for the symmetric form.
+struct QuantizeProblem {
+  DType x_type = DType::kInvalid;
+  DType scale_type = DType::kInvalid;
+  DType q_type = DType::kInvalid;
+  const void* x = nullptr;
+  const void* scale = nullptr;
+  const int32_t* zero_point = nullptr;
+  void* q = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int32_t qmin = 0;
+  int32_t qmax = 0;
+};
+
+// Dynamic quantization: per row, the range (absmax, or min and max widened to
+// include 0) chooses a scale (stored as `scale_type`) and a zero point (0 when
+// symmetric), then the row is quantized with the stored scale as in
+// QuantizeProblem. Any float `x` goes with any float `scale_type`.
+struct DynamicQuantizeProblem {
+  DType x_type = DType::kInvalid;
+  DType scale_type = DType::kInvalid;
+  DType q_type = DType::kInvalid;
+  bool symmetric = true;
+  const void* x = nullptr;
+  void* q = nullptr;
+  void* scale = nullptr;
+  int32_t* zero_point = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int32_t qmin = 0;
+  int32_t qmax = 0;
+};
+
 }  // namespace jdq
 
 #endif  // JAX_DEQUANT_PROBLEM_H_

@@ -12,6 +12,8 @@ from jax_dequant._native import BUILD_INFO, KERNEL_PLATFORMS
 from jax_dequant.dequantize import dequantize_per_token
 from jax_dequant.fake_quantize import fake_quantize_per_token
 from jax_dequant.plan import KernelPlan, kernel_plan
+from jax_dequant.quantize import quantize_per_token
+from jax_dequant.quantize_dynamic import quantize_per_token_dynamic
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,8 @@ __all__ = [
     "export_disabled_checks",
     "fake_quantize_per_token",
     "kernel_plan",
+    "quantize_per_token",
+    "quantize_per_token_dynamic",
     "reference",
     "use_implementation",
 ]

@@ -189,16 +189,25 @@ def check_zero_point(op: str, zero_point: Any, row_shape: tuple[int, ...]) -> ja
     return check_per_row(op, "zero_point", zero_point, row_shape)
 
 
-def check_scale_out_pair(op: str, scale_dtype: np.dtype, out_dtype: np.dtype) -> None:
+def check_scale_out_pair(
+    op: str, scale_dtype: np.dtype, out_dtype: np.dtype, other: str = "output"
+) -> None:
     """Checks the (scale, output) dtype pair: equal, or a float32 scale.
+
+    Args:
+        op: public op name, for messages.
+        scale_dtype: the scale's dtype.
+        out_dtype: the dtype the scale goes with.
+        other: what ``out_dtype`` is the dtype of, for messages (``"output"``
+            for dequantize, ``"x"`` for the quantize ops).
 
     Raises:
         TypeError: for any other pair.
     """
     if scale_dtype != out_dtype and scale_dtype != np.float32:
         raise TypeError(
-            f"{op}: scale dtype {scale_dtype.name} with output dtype {out_dtype.name} is not "
-            "supported; the scale must have the output dtype or be float32"
+            f"{op}: scale dtype {scale_dtype.name} with {other} dtype {out_dtype.name} is not "
+            f"supported; the scale must have the {other} dtype or be float32"
         )
 
 

@@ -146,7 +146,7 @@ def check_quantize_args(op, x, scale, zero_point, dtype, qmin, qmax):
     row_shape = tuple(x.shape[:-1])
     scale = v.check_scale(op, scale, row_shape)
     zero_point = v.check_zero_point(op, zero_point, row_shape)
-    v.check_scale_out_pair(op, np.dtype(scale.dtype), np.dtype(x.dtype))
+    v.check_scale_out_pair(op, np.dtype(scale.dtype), np.dtype(x.dtype), other="x")
     dtype = v.check_storage_dtype(op, dtype)
     qmin, qmax = v.check_quant_range(op, dtype, qmin, qmax)
     return x, scale, zero_point, dtype, qmin, qmax
@@ -260,6 +260,26 @@ def scale_bounds(scale_dtype, compute) -> tuple[Any, Any]:
     return compute.type(float(finfo.tiny)), compute.type(largest)
 
 
+def store_scale(scale, scale_dtype):
+    """Rounds a scale computed in C to ``scale_dtype``.
+
+    A float64 value is stored as float16/bfloat16 through float32 (two
+    roundings): that is what XLA's convert does on CPU and GPU and what the
+    kernels do; written out here so that it cannot depend on XLA's choice.
+
+    Args:
+        scale: the scale in C.
+        scale_dtype: the storage dtype.
+
+    Returns:
+        The scale as ``scale_dtype``.
+    """
+    scale_dtype = np.dtype(scale_dtype)
+    if scale.dtype == np.float64 and scale_dtype.itemsize == 2:
+        scale = scale.astype(np.float32)
+    return scale.astype(scale_dtype)
+
+
 def choose_scale(x, dtype, symmetric, scale_dtype, qmin=None, qmax=None):
     """The dynamic choice of each row's scale and zero point (see quantize_per_token_dynamic).
 
@@ -295,7 +315,7 @@ def choose_scale(x, dtype, symmetric, scale_dtype, qmin=None, qmax=None):
         span = hi - lo
         scale = jnp.where(span == 0, c(1), span * c(1.0 / (qmax - qmin)))
     scale = jnp.where(scale < smallest_normal, smallest_normal, scale)
-    scale = jnp.where(scale > largest, largest, scale).astype(scale_dtype)
+    scale = store_scale(jnp.where(scale > largest, largest, scale), scale_dtype)
     if symmetric:
         return scale, jnp.zeros(x.shape[:-1], jnp.int32)
     level = jnp.round(c(qmin) - lo / scale.astype(compute))

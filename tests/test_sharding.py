@@ -525,9 +525,15 @@ def test_sharding_rule_strings():
 
 
 def _every_op(q, scale, zero_point):
-    """A function that uses every op of the package (on this branch: dequantize)."""
+    """A function that uses dequantize and the quantize ops (static and dynamic)."""
     y = jdq.dequantize_per_token(q, scale, zero_point, out_dtype=jnp.bfloat16)
-    return y, jdq.dequantize_per_token(q[..., ::2], scale)
+    x = y.astype(jnp.float32)
+    return (
+        y,
+        jdq.dequantize_per_token(q[..., ::2], scale),
+        jdq.quantize_per_token(x, scale, zero_point),
+        *jdq.quantize_per_token_dynamic(x, dtype=jnp.uint8, symmetric=False),
+    )
 
 
 def _every_op_args(rng, shape=(6, 40)):

@@ -119,3 +119,46 @@ def test_fake_quantize_gradients_sum_ds_over_d_shards():
     assert_bitwise_equal(got_dx, want_dx, "dx")
     assert_bitwise_equal(got_ds, want_ds, "ds")
     assert counts["all-gather"] == 0 and counts["all-reduce"] == 1, counts
+
+
+@pytest.mark.parametrize("layout", list(SPECS))
+def test_quantize_is_local(layout):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    scale = (rng.random((8,)) * 0.05 + 0.01).astype(np.float32)
+    zero_point = rng.integers(-9, 9, (8,)).astype(np.int32)
+    got, want, counts = _run(jdq.quantize_per_token, SPECS[layout], x, scale, zero_point)
+    assert_bitwise_equal(got, want, layout)
+    assert _total(counts) == 0, counts
+
+
+@pytest.mark.parametrize("layout", list(SPECS))
+@pytest.mark.parametrize(
+    "x_dtype,dtype,symmetric,scale_dtype",
+    [("float32", "int8", True, "float32"), ("bfloat16", "uint8", False, "bfloat16"),
+     ("float32", "int8", False, "float64"), ("float16", "int8", True, "float16")],
+)
+def test_dynamic_quantize_reduces_row_statistics_across_d(
+    layout, x_dtype, dtype, symmetric, scale_dtype
+):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 64)).astype(x_dtype)
+    x[2, 5] = np.nan
+    x[3, :] = 0.0
+    x[4, 40] = 300.0  # the row's max sits on another D shard than most values
+    x[5, :] = np.abs(x[5, :])  # one-signed rows: 0 is an end of the range
+    x[6, :] = -np.abs(x[6, :])
+
+    def quantize(x):
+        return jdq.quantize_per_token_dynamic(
+            x, dtype=jnp.dtype(dtype), symmetric=symmetric, scale_dtype=jnp.dtype(scale_dtype)
+        )
+
+    got, want, counts = _run(quantize, SPECS[layout], x)
+    for name, g, w in zip(("q", "scale", "zero_point"), got, want):
+        assert_bitwise_equal(g, w, f"{layout} {x_dtype}->{dtype} {scale_dtype}: {name}")
+    assert counts["all-gather"] == 0, counts
+    if layout == "tokens":
+        assert _total(counts) == 0, counts
+    else:
+        assert 1 <= counts["all-reduce"] <= 3, counts  # NaN flag and max (and min), maybe combined

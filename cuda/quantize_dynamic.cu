@@ -1,0 +1,271 @@
+// CUDA dynamic quantize kernel: one fused kernel per row group.
+//
+// A row is handled by a group of threads: one warp per row for short rows
+// (several rows per block), one block per row otherwise. The group reads its
+// row once with 16-byte loads into registers (64 bytes per thread, so a
+// bfloat16 row of up to 32768 elements stays on chip), reduces the row's range
+// deterministically (warp butterfly, then the warps' partial ranges combined in
+// a fixed order by every thread, so every thread holds the same range), lets
+// every thread compute the same scale and zero point (one thread stores them),
+// and quantizes from the registers. A row longer than the group can hold is
+// read twice: once to reduce, once (mostly from L2) to quantize.
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "cuda_common.cuh"
+#include "cuda_kernels.h"
+#include "cuda_types.cuh"
+#include "dispatch.h"
+#include "numerics.h"
+
+namespace jdq::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kBytesPerThread = 64;  // a thread's share of a row held in registers
+constexpr int kWarpRowsPerBlock = 8;  // rows per block of the warp-per-row variant
+constexpr int kMaxThreads = 1024;
+
+// Chunks of kVec elements a thread holds: 64 bytes of the row when loads are
+// 16 bytes wide; 8 elements when they are scalar (more would spill).
+template <typename XT, int kVec>
+__host__ __device__ constexpr int ChunksPerThread() {
+  return kVec == 1 ? 8 : kBytesPerThread / static_cast<int>(sizeof(XT)) / kVec;
+}
+
+template <typename C>
+struct DynamicParams {
+  int64_t rows;
+  int64_t cols;
+  bool symmetric;
+  C qmin;
+  C qmax;
+  C smallest_normal;
+  C largest;
+};
+
+// Folds a thread's packs of a row into the row's range (widened to include 0,
+// NaN-propagating, as extend_range). Generic: each value in C.
+template <typename XT, typename C, int kVec, typename Enable = void>
+struct RangeFolder {
+  C lo = C(0);
+  C hi = C(0);
+  __device__ __forceinline__ void Add(const Pack<XT, kVec>& pack) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) extend_range(Convert<XT>::template ToCompute<C>(pack.v[i]), lo, hi);
+  }
+  __device__ __forceinline__ void Finish(C& out_lo, C& out_hi) const {
+    out_lo = lo;
+    out_hi = hi;
+  }
+};
+
+// 16-bit floats in pairs: the paired NaN-propagating min/max instructions
+// (exact, like any min/max) fold two values per instruction in their own type;
+// the pair is converted to C once, at the end.
+template <typename XT>
+struct PairOf;
+template <>
+struct PairOf<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ type Zero() { return __float2bfloat162_rn(0.0f); }
+};
+template <>
+struct PairOf<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ type Zero() { return __float2half2_rn(0.0f); }
+};
+
+template <typename XT, typename C, int kVec>
+struct RangeFolder<XT, C, kVec, std::void_t<typename PairOf<XT>::type, std::enable_if_t<kVec % 2 == 0>>> {
+  using Pair = typename PairOf<XT>::type;
+  Pair lo = PairOf<XT>::Zero();
+  Pair hi = PairOf<XT>::Zero();
+  __device__ __forceinline__ void Add(const Pack<XT, kVec>& pack) {
+    const Pair* pairs = reinterpret_cast<const Pair*>(pack.v);
+#pragma unroll
+    for (int j = 0; j < kVec / 2; ++j) {
+      lo = __hmin2_nan(lo, pairs[j]);
+      hi = __hmax2_nan(hi, pairs[j]);
+    }
+  }
+  __device__ __forceinline__ void Finish(C& out_lo, C& out_hi) const {
+    out_lo = out_hi = C(0);
+    extend_range(Convert<XT>::template ToCompute<C>(lo.x), out_lo, out_hi);
+    extend_range(Convert<XT>::template ToCompute<C>(lo.y), out_lo, out_hi);
+    extend_range(Convert<XT>::template ToCompute<C>(hi.x), out_lo, out_hi);
+    extend_range(Convert<XT>::template ToCompute<C>(hi.y), out_lo, out_hi);
+  }
+};
+
+template <typename C>
+__device__ __forceinline__ void WarpRange(C& lo, C& hi) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    lo = min_propagate_nan(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
+    hi = max_propagate_nan(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+  }
+}
+
+// Element kVec-chunk k of a thread at position `lane` of a group of `group`
+// threads starts at (k * group + lane) * kVec within a pass over the row.
+template <typename XT, typename ScaleT, typename QT, int kVec, bool kWarpPerRow>
+__global__ void __launch_bounds__(kWarpPerRow ? kWarpSize * kWarpRowsPerBlock : kMaxThreads)
+    QuantizeDynamicKernel(const XT* __restrict__ x, QT* __restrict__ q,
+                          ScaleT* __restrict__ scale, int32_t* __restrict__ zero_point,
+                          DynamicParams<ComputeType<ScaleT, XT>> params) {
+  using C = ComputeType<ScaleT, XT>;
+  constexpr int kChunks = ChunksPerThread<XT, kVec>();
+  using XPack = Pack<XT, kVec>;
+  using QPack = Pack<QT, kVec>;
+  __shared__ C shared_lo[kMaxThreads / kWarpSize];
+  __shared__ C shared_hi[kMaxThreads / kWarpSize];
+
+  const int group = kWarpPerRow ? kWarpSize : static_cast<int>(blockDim.x);
+  const int lane = kWarpPerRow ? static_cast<int>(threadIdx.x) % kWarpSize
+                               : static_cast<int>(threadIdx.x);
+  const int64_t rows_per_block = kWarpPerRow ? blockDim.x / kWarpSize : 1;
+  const int64_t first_row =
+      kWarpPerRow ? blockIdx.x * rows_per_block + threadIdx.x / kWarpSize : blockIdx.x;
+  const int64_t row_stride = gridDim.x * rows_per_block;
+  const int64_t cols = params.cols;
+  const int64_t pass = static_cast<int64_t>(group) * kChunks * kVec;  // elements per pass
+  const bool fits = cols <= pass;
+
+  for (int64_t row = first_row; row < params.rows; row += row_stride) {
+    const XT* row_x = x + row * cols;
+    QT* row_q = q + row * cols;
+    XPack held[kChunks];
+    auto load = [&](int64_t base) {
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k) {
+        const int64_t index = base + (k * group + lane) * kVec;
+        if (index < cols) held[k] = *reinterpret_cast<const XPack*>(row_x + index);
+      }
+    };
+    RangeFolder<XT, C, kVec> folder;
+    for (int64_t base = 0; base < cols; base += pass) {
+      load(base);
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k) {
+        if (base + (k * group + lane) * kVec < cols) folder.Add(held[k]);
+      }
+    }
+    C lo, hi;
+    folder.Finish(lo, hi);
+
+    WarpRange(lo, hi);
+    if (!kWarpPerRow) {
+      const int warps = group / kWarpSize;
+      if (lane % kWarpSize == 0) {
+        shared_lo[lane / kWarpSize] = lo;
+        shared_hi[lane / kWarpSize] = hi;
+      }
+      __syncthreads();
+      lo = shared_lo[0];
+      hi = shared_hi[0];
+      for (int w = 1; w < warps; ++w) {
+        lo = min_propagate_nan(lo, shared_lo[w]);
+        hi = max_propagate_nan(hi, shared_hi[w]);
+      }
+      __syncthreads();  // the next row reuses the shared slots
+    }
+
+    const C chosen = dynamic_scale(lo, hi, params.symmetric, params.qmin, params.qmax,
+                                   params.smallest_normal, params.largest);
+    const ScaleT stored = Convert<ScaleT>::template FromCompute<C>(chosen);
+    const C stored_c = Convert<ScaleT>::template ToCompute<C>(stored);
+    const int32_t zp =
+        dynamic_zero_point(lo, hi, params.symmetric, stored_c, params.qmin, params.qmax);
+    if (lane == 0) {
+      scale[row] = stored;
+      zero_point[row] = zp;
+    }
+    const C reciprocal = reciprocal_rn(stored_c);
+    const C zero = static_cast<C>(zp);
+
+    auto quantize = [&](int64_t base) {
+#pragma unroll
+      for (int k = 0; k < kChunks; ++k) {
+        const int64_t index = base + (k * group + lane) * kVec;
+        if (index < cols) {
+          QPack levels;
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) {
+            levels.v[i] = static_cast<QT>(
+                quantize_value(Convert<XT>::template ToCompute<C>(held[k].v[i]), reciprocal,
+                               zero, params.qmin, params.qmax));
+          }
+          *reinterpret_cast<QPack*>(row_q + index) = levels;
+        }
+      }
+    };
+    if (fits) {
+      quantize(0);
+    } else {
+      for (int64_t base = 0; base < cols; base += pass) {
+        load(base);
+        quantize(base);
+      }
+    }
+  }
+}
+
+template <typename XT, typename ScaleT, typename QT, int kVec>
+std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
+  using C = ComputeType<ScaleT, XT>;
+  constexpr int64_t kElemsPerThread = ChunksPerThread<XT, kVec>() * kVec;
+  const ScaleRange<C> range = ScaleRangeFor<C>(p.scale_type);
+  const DynamicParams<C> params{p.rows,
+                                p.cols,
+                                p.symmetric,
+                                static_cast<C>(p.qmin),
+                                static_cast<C>(p.qmax),
+                                range.smallest_normal,
+                                range.largest};
+  constexpr int64_t kMaxBlocks = 0x7fffffff;  // more rows are walked grid-stride
+  auto* x = static_cast<const XT*>(p.x);
+  auto* q = static_cast<QT*>(p.q);
+  auto* scale = static_cast<ScaleT*>(p.scale);
+  if (p.cols <= kWarpSize * kElemsPerThread) {
+    const int64_t blocks = (p.rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
+    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, true>
+        <<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks),
+           kWarpSize * kWarpRowsPerBlock, 0, stream>>>(x, q, scale, p.zero_point, params);
+  } else {
+    const int64_t needed = (p.cols + kElemsPerThread - 1) / kElemsPerThread;
+    const int64_t warps = (needed + kWarpSize - 1) / kWarpSize;
+    const int64_t threads =
+        warps * kWarpSize < kMaxThreads ? warps * kWarpSize : int64_t{kMaxThreads};
+    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, false>
+        <<<static_cast<unsigned>(p.rows < kMaxBlocks ? p.rows : kMaxBlocks),
+           static_cast<unsigned>(threads), 0, stream>>>(x, q, scale, p.zero_point, params);
+  }
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) {
+    return std::string("dynamic quantize kernel launch failed: ") + cudaGetErrorString(status);
+  }
+  return std::string();
+}
+
+}  // namespace
+
+std::string QuantizeDynamic(const DynamicQuantizeProblem& p, cudaStream_t stream) {
+  if (p.rows == 0) return std::string();
+  return VisitQuantizeTypes<CudaTypes, true>(
+      p.x_type, p.scale_type, p.q_type, [&](auto x_tag, auto scale_tag, auto q_tag) {
+        using XT = typename decltype(x_tag)::type;
+        using ScaleT = typename decltype(scale_tag)::type;
+        using QT = typename decltype(q_tag)::type;
+        constexpr int kVec = 16 / sizeof(XT);
+        // 16-byte loads need every row start aligned: cols a multiple of the
+        // vector and aligned buffers; otherwise one element per access.
+        if (p.cols % kVec == 0 && IsAligned(p.x, 16) && IsAligned(p.q, kVec)) {
+          return Launch<XT, ScaleT, QT, kVec>(p, stream);
+        }
+        return Launch<XT, ScaleT, QT, 1>(p, stream);
+      });
+}
+
+}  // namespace jdq::cuda
