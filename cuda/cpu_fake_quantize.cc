@@ -14,6 +14,7 @@
 
 #include "cpu_flush.h"
 #include "cpu_kernels.h"
+#include "cpu_parallel.h"
 #include "cpu_types.h"
 #include "dispatch.h"
 #include "numerics.h"
@@ -203,23 +204,38 @@ void FakeQuantizeBackwardRows(const XT* __restrict x, const ScaleT* __restrict s
 
 }  // namespace
 
-std::string FakeQuantize(const FakeQuantizeProblem& p) {
+// The forward passes split their rows over XLA's threads (cpu_parallel.h);
+// each row is computed as before, so the results do not depend on the split.
+std::string FakeQuantize(const FakeQuantizeProblem& p, TaskRunner* runner) {
   ScopedFlushDenormals flush;
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
-    FakeQuantizeRows(static_cast<const XT*>(p.x), static_cast<const ScaleT*>(p.scale),
-                     p.zero_point, static_cast<XT*>(p.out), p.rows, p.cols, p.qmin, p.qmax);
+    const auto* x = static_cast<const XT*>(p.x);
+    const auto* scale = static_cast<const ScaleT*>(p.scale);
+    auto* out = static_cast<XT*>(p.out);
+    ParallelRows(p.rows, p.cols, runner, [&, x, scale, out](int64_t begin, int64_t end) {
+      PrefaultForWriting(out + begin * p.cols, (end - begin) * p.cols * sizeof(XT));
+      FakeQuantizeRows(x + begin * p.cols, scale + begin,
+                       p.zero_point != nullptr ? p.zero_point + begin : nullptr,
+                       out + begin * p.cols, end - begin, p.cols, p.qmin, p.qmax);
+    });
     return std::string();
   });
 }
 
-std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p) {
+std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner* runner) {
   ScopedFlushDenormals flush;
   return VisitFloat<CpuTypes>(p.x_type, [&](auto x_tag) {
     using XT = typename decltype(x_tag)::type;
-    FakeQuantizeDynamicRows(static_cast<const XT*>(p.x), static_cast<XT*>(p.out), p.scale,
-                            p.zero_point, p.rows, p.cols, p.qmin, p.qmax, p.symmetric);
+    const auto* x = static_cast<const XT*>(p.x);
+    auto* out = static_cast<XT*>(p.out);
+    ParallelRows(p.rows, p.cols, runner, [&, x, out](int64_t begin, int64_t end) {
+      PrefaultForWriting(out + begin * p.cols, (end - begin) * p.cols * sizeof(XT));
+      FakeQuantizeDynamicRows(x + begin * p.cols, out + begin * p.cols, p.scale + begin,
+                              p.zero_point + begin, end - begin, p.cols, p.qmin, p.qmax,
+                              p.symmetric);
+    });
     return std::string();
   });
 }

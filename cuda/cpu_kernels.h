@@ -33,8 +33,10 @@ std::string DequantizeGrad(const DequantizeGradProblem& problem);
 std::string DequantizeTangent(const DequantizeTangentProblem& problem);
 
 // fake_quantize_per_token (cpu_fake_quantize.cc).
-std::string FakeQuantize(const FakeQuantizeProblem& problem);
-std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem);
+// The forward passes split their rows over `runner`'s threads when it is given.
+std::string FakeQuantize(const FakeQuantizeProblem& problem, TaskRunner* runner = nullptr);
+std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem,
+                                TaskRunner* runner = nullptr);
 std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
 std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem);
 

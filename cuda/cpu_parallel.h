@@ -111,6 +111,15 @@ void ParallelFor(int64_t total, TaskRunner* runner, const Body& body,
   state->Wait();
 }
 
+// ParallelFor over the rows of a [rows, cols] problem: chunks of whole rows,
+// at least kMinChunkElements elements each.
+template <typename Body>
+void ParallelRows(int64_t rows, int64_t cols, TaskRunner* runner, const Body& body) {
+  const int64_t min_rows = cols > 0 ? std::max<int64_t>(1, (kMinChunkElements + cols - 1) / cols)
+                                    : rows + 1;
+  ParallelFor(rows, runner, body, min_rows, 1);
+}
+
 // --- Prefaulting large outputs -------------------------------------------------------------------
 
 // Outputs this large or larger are prefaulted.

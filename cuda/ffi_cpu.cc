@@ -64,21 +64,25 @@ ffi::Error DequantizeTangentCpuImpl(ffi::AnyBuffer q_tangent, ffi::AnyBuffer sca
   return ToError(cpu::DequantizeTangent(*problem));
 }
 
-ffi::Error FakeQuantizeCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::RemainingArgs zero_point,
-                               ffi::Result<ffi::AnyBuffer> out, int32_t qmin, int32_t qmax) {
+ffi::Error FakeQuantizeCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer scale,
+                               ffi::RemainingArgs zero_point, ffi::Result<ffi::AnyBuffer> out,
+                               int32_t qmin, int32_t qmax) {
   auto problem = DecodeFakeQuantize(x, scale, zero_point, *out, qmin, qmax);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::FakeQuantize(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::FakeQuantize(*problem, &runner));
 }
 
-ffi::Error FakeQuantizeDynamicCpuImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out,
+ffi::Error FakeQuantizeDynamicCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                                      ffi::Result<ffi::AnyBuffer> out,
                                       ffi::Result<ffi::AnyBuffer> scale,
                                       ffi::Result<ffi::AnyBuffer> zero_point, int32_t qmin,
                                       int32_t qmax, bool symmetric) {
   auto problem =
       DecodeFakeQuantizeDynamic(x, *out, *scale, *zero_point, qmin, qmax, symmetric);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::FakeQuantizeDynamic(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::FakeQuantizeDynamic(*problem, &runner));
 }
 
 ffi::Error FakeQuantizeTangentCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale,
@@ -166,6 +170,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeTangentCpu, jdq::DequantizeTangentCpu
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeCpu, jdq::FakeQuantizeCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // x
                                   .Arg<xla::ffi::AnyBuffer>()  // scale
                                   .RemainingArgs()             // zero_point (absent: symmetric)
@@ -176,6 +181,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeCpu, jdq::FakeQuantizeCpuImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeDynamicCpu, jdq::FakeQuantizeDynamicCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // x
                                   .Ret<xla::ffi::AnyBuffer>()  // out
                                   .Ret<xla::ffi::AnyBuffer>()  // scale (chosen, float32)

@@ -147,3 +147,41 @@ def test_random_large_cases_match_reference(device, data):
         out_dtype,
         f"({rows}, {cols}) {q_dtype} {scale_dtype}->{out_dtype} sym={symmetric}",
     )
+
+
+@pytest.mark.parametrize(
+    "shape,x_dtype,scale_dtype,dynamic,symmetric",
+    [
+        ((1500, 1001), "bfloat16", "float32", False, False),
+        ((70001, 3), "float16", "float16", False, True),
+        ((300, 4097), "float32", None, True, True),
+        ((3000, 129), "bfloat16", None, True, False),
+    ],
+)
+def test_fake_quantize_forward_over_threads_matches_reference(
+    device, shape, x_dtype, scale_dtype, dynamic, symmetric
+):
+    """fake_quantize_per_token's forward splits rows over XLA's CPU threads;
+    the reference runs on the CPU, as the contract's exact evaluation."""
+    cpu = jax.devices("cpu")[0]
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 3).astype(x_dtype)
+    x[::7, ::5] = 0
+    dtype = np.int8 if symmetric else np.uint8
+    if dynamic:
+        args = (x,)
+        kwargs = dict(dtype=dtype)
+    else:
+        scale = rng.uniform(0.01, 0.05, size=shape[:-1]).astype(scale_dtype)
+        zero_point = None if symmetric else rng.integers(100, 156, size=shape[:-1]).astype(np.int32)
+        args = (x, scale, zero_point)
+        kwargs = dict(dtype=dtype)
+
+    def run(fn, where):
+        placed = [None if a is None else jax.device_put(a, where) for a in args]
+        with jax.default_device(where):
+            return jax.jit(lambda *a: fn(*a, **kwargs))(*placed)
+
+    got = run(jdq.fake_quantize_per_token, device)
+    want = run(jdq.reference.fake_quantize_per_token, cpu)
+    assert_bitwise_equal(got, want, f"{shape} {x_dtype} dynamic={dynamic} sym={symmetric}")
