@@ -8,8 +8,8 @@
 # 2. runs the tests with JAX_DEQUANT_REQUIRE_GPU=1 (log $OUT/pytest.log);
 # 3. runs the benchmark, python -m jax_dequant.bench: $OUT/bench.txt (table),
 #    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
-# 4. Nsight Compute on our dequantize kernel and XLA's fusion, 16384x8192
-#    int8 -> bf16: $OUT/ncu.txt;
+# 4. Nsight Compute on our kernels and XLA's for the ops in JDQ_NCU_OPS,
+#    16384x8192 bf16 (benchmarks/ncu_target.py): $OUT/ncu_<op>.txt;
 # A summary comes last. Every step runs under a share of one time budget
 # (JDQ_BUDGET_S, default 510 s, so the script stays under 9 minutes); a step
 # that no longer fits is skipped and says so. JDQ_PYTEST_ARGS (default -q)
@@ -75,22 +75,26 @@ if ((BUILD_RC == 0)); then
   ((BENCH_RC == 0)) || { echo "benchmark exit code $BENCH_RC; last lines of its log:"; tail -n 15 "$OUT/bench.log"; }
 fi
 
-step "Nsight Compute: dequantize 16384x8192 int8 -> bf16, ours then XLA's"
-if ((BUILD_RC != 0)); then
-  echo "skipped: no build"
-elif ! command -v ncu >/dev/null; then
-  echo "skipped: ncu not found"
-elif (($(left) < 75)); then
-  echo "skipped: $(left) s left"
-else
-  (cd /tmp && timeout "$(cap 90 25)" ncu --kernel-name-base demangled -k 'regex:Dequantize|fusion' -c 2 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-    --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
-    "$PY" "$ROOT/benchmarks/ncu_dequant.py" 16384 8192 bfloat16 >"$OUT/ncu.txt" 2>&1)
-  echo "ncu exit code $? (report: $OUT/ncu.txt)"
-  grep -E "DequantizeKernel|fusion|Duration|DRAM Throughput|Memory Throughput|dram__bytes|Achieved Occupancy|Registers Per|ERR_" \
-    "$OUT/ncu.txt" | head -n 40
-fi
+step "Nsight Compute: ours then XLA's, 16384x8192 bf16, for each op of JDQ_NCU_OPS"
+# Default: the op that misses a goal (dynamic quantize) and the backward.
+for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
+  if ((BUILD_RC != 0)); then
+    echo "skipped: no build"
+  elif ! command -v ncu >/dev/null; then
+    echo "skipped: ncu not found"
+  elif (($(left) < 60)); then
+    echo "skipped $op: $(left) s left"
+  else
+    (cd /tmp && timeout "$(cap 120 10)" ncu --kernel-name-base demangled \
+      -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Backward|fusion|reduce' -c 6 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+      "$PY" "$ROOT/benchmarks/ncu_target.py" "$op" bf16 16384 8192 >"$OUT/ncu_$op.txt" 2>&1)
+    echo "ncu $op exit code $? (report: $OUT/ncu_$op.txt)"
+    grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|dram__bytes|Achieved Occupancy|Registers Per|ERR_" \
+      "$OUT/ncu_$op.txt" | head -n 40
+  fi
+done
 
 
 step "summary"

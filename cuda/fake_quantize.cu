@@ -1,9 +1,8 @@
 // CUDA kernels of fake_quantize_per_token.
 //
 // Element-wise work (the forward with a given scale, and the tangent, which is
-// also the x-only backward) walks the [rows, cols] array as one flat sequence
-// of 16-byte chunks of x, exactly like the dequantize kernel: full-width loads
-// and stores whatever cols is, one 32-bit division per chunk to find the row.
+// also the x-only backward) is the row-wise map kernel of rowwise_map.cuh with
+// FakeQuantizeOp and FakeQuantizeTangentOp (rowwise_ops.cuh), like dequantize.
 //
 // Row-wise work (the dynamic forward, and the backward pass that sums dscale)
 // gives each row a group of `threads_per_row` threads (a power of two from 32
@@ -25,6 +24,8 @@
 #include "cuda_types.cuh"
 #include "dispatch.h"
 #include "numerics.h"
+#include "rowwise_map.cuh"
+#include "rowwise_ops.cuh"
 
 namespace jdq::cuda {
 namespace {
@@ -43,140 +44,18 @@ std::string LaunchStatus(const char* kernel) {
   return std::string();
 }
 
-// The per-row constants of fake quantization in C.
-template <typename C>
-struct RowConstants {
-  C scale;
-  C reciprocal;
-  C zero_point;
-};
-
 template <typename C, typename ScaleT>
-__device__ __forceinline__ RowConstants<C> LoadRow(const ScaleT* __restrict__ scale,
-                                                   const int32_t* __restrict__ zero_point,
-                                                   int64_t row) {
+__device__ __forceinline__ FakeQuantizeRow<C> LoadRow(const ScaleT* __restrict__ scale,
+                                                      const int32_t* __restrict__ zero_point,
+                                                      int64_t row) {
   const C row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
   return {row_scale, reciprocal_rn(row_scale),
           zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0)};
 }
 
-// --- element-wise kernels --------------------------------------------------------------------
-
-enum class ElementwiseOp { kForward, kTangent };
-
-template <typename XT, typename ScaleT>
-struct ElementwiseArgs {
-  const XT* x;
-  const ScaleT* scale;
-  const int32_t* zero_point;
-  const XT* tangent_x;          // kTangent only; null: a zero tangent
-  const ScaleT* tangent_scale;  // kTangent only; null: a zero tangent
-  XT* out;
-  int32_t qmin;
-  int32_t qmax;
-};
-
-// One thread handles one chunk of kVec consecutive elements. With
-// kRowAligned the chunk lies inside one row; otherwise the row may change
-// inside the chunk. The last, partial chunk is done element by element.
-template <ElementwiseOp kOp, typename XT, typename ScaleT, int kVec, bool kRowAligned>
-__global__ void __launch_bounds__(kThreadsPerBlock)
-    ElementwiseKernel(ElementwiseArgs<XT, ScaleT> a, int64_t total, int64_t cols,
-                      bool narrow_index) {
-  using C = ComputeType<ScaleT, XT>;
-  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kThreadsPerBlock + threadIdx.x) * kVec;
-  if (first >= total) return;
-  const C qmin = static_cast<C>(a.qmin);
-  const C qmax = static_cast<C>(a.qmax);
-  const bool has_tangent_x = a.tangent_x != nullptr;
-  const bool has_tangent_scale = a.tangent_scale != nullptr;
-
-  int64_t row, col;
-  RowOf(first, cols, narrow_index, row, col);
-  RowConstants<C> k;
-  C tangent_scale = C(0);
-  auto load_row = [&]() {
-    k = LoadRow<C>(a.scale, a.zero_point, row);
-    if (kOp == ElementwiseOp::kTangent && has_tangent_scale) {
-      tangent_scale = Convert<ScaleT>::template ToCompute<C>(a.tangent_scale[row]);
-    }
-  };
-  auto next_element = [&]() {
-    if (++col == cols) {
-      col = 0;
-      ++row;
-      load_row();
-    }
-  };
-  // x_value and tangent_value are one element of x and of the x tangent.
-  auto compute = [&](XT x_value, XT tangent_value) -> XT {
-    const C value = Convert<XT>::template ToCompute<C>(x_value);
-    if constexpr (kOp == ElementwiseOp::kForward) {
-      return Convert<XT>::template FromCompute<C>(
-          fake_quantize_value(value, k.reciprocal, k.zero_point, k.scale, qmin, qmax));
-    } else {
-      const auto slopes = fake_quantize_slopes(value, k.reciprocal, k.zero_point, qmin, qmax);
-      if (!has_tangent_scale) {
-        return slopes.inside ? tangent_value : Convert<XT>::template FromCompute<C>(C(0));
-      }
-      const C scale_term = mul_rn(slopes.lsq, tangent_scale);
-      if (!has_tangent_x) return Convert<XT>::template FromCompute<C>(scale_term);
-      const C passed = slopes.inside ? Convert<XT>::template ToCompute<C>(tangent_value) : C(0);
-      return Convert<XT>::template FromCompute<C>(add_rn(passed, scale_term));
-    }
-  };
-  load_row();
-
-  if (first + kVec <= total) {
-    const Pack<XT, kVec> values = *reinterpret_cast<const Pack<XT, kVec>*>(a.x + first);
-    Pack<XT, kVec> tangents;
-    if (kOp == ElementwiseOp::kTangent && has_tangent_x) {
-      tangents = *reinterpret_cast<const Pack<XT, kVec>*>(a.tangent_x + first);
-    } else {
-      tangents = values;  // unused
-    }
-    Pack<XT, kVec> results;
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      results.v[i] = compute(values.v[i], tangents.v[i]);
-      if (!kRowAligned && i + 1 < kVec) next_element();
-    }
-    *reinterpret_cast<Pack<XT, kVec>*>(a.out + first) = results;
-  } else {
-    for (int64_t e = first; e < total; ++e) {
-      const XT tangent =
-          kOp == ElementwiseOp::kTangent && has_tangent_x ? a.tangent_x[e] : a.x[e];
-      a.out[e] = compute(a.x[e], tangent);
-      if (e + 1 < total) next_element();
-    }
-  }
-}
-
-template <ElementwiseOp kOp, typename XT, typename ScaleT, int kVec, bool kRowAligned>
-std::string LaunchElementwise(const ElementwiseArgs<XT, ScaleT>& a, int64_t rows, int64_t cols,
-                              cudaStream_t stream) {
-  const int64_t total = rows * cols;
-  const int64_t chunks = (total + kVec - 1) / kVec;
-  const int64_t blocks = (chunks + kThreadsPerBlock - 1) / kThreadsPerBlock;
-  if (blocks > 0x7fffffff) return "fake_quantize_per_token: array too large for one launch";
-  const bool narrow_index = total < (int64_t{1} << 32);
-  ElementwiseKernel<kOp, XT, ScaleT, kVec, kRowAligned>
-      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
-          a, total, cols, narrow_index);
-  return LaunchStatus("element-wise");
-}
-
-// Picks the widest variant the buffers' alignment and cols allow.
-template <ElementwiseOp kOp, typename XT, typename ScaleT>
-std::string Elementwise(const ElementwiseArgs<XT, ScaleT>& a, int64_t rows, int64_t cols,
-                        cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(XT);
-  const bool aligned = IsAligned(a.x, 16) && IsAligned(a.out, 16) &&
-                       (a.tangent_x == nullptr || IsAligned(a.tangent_x, 16));
-  if (!aligned) return LaunchElementwise<kOp, XT, ScaleT, 1, true>(a, rows, cols, stream);
-  if (cols % kVec == 0) return LaunchElementwise<kOp, XT, ScaleT, kVec, true>(a, rows, cols, stream);
-  return LaunchElementwise<kOp, XT, ScaleT, kVec, false>(a, rows, cols, stream);
-}
+// Launch shape of the element-wise ops (the forward with a given scale, the
+// tangent); see RowwiseTuning.
+using ElementwiseTuning = RowwiseTuning</*unroll=*/2, /*block=*/128>;
 
 // --- row-wise kernels ------------------------------------------------------------------------
 
@@ -436,15 +315,17 @@ std::string FakeQuantize(const FakeQuantizeProblem& p, cudaStream_t stream) {
   return VisitFakeQuantizeTypes<CudaTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
-    const ElementwiseArgs<XT, ScaleT> a{static_cast<const XT*>(p.x),
-                                        static_cast<const ScaleT*>(p.scale),
-                                        p.zero_point,
-                                        nullptr,
-                                        nullptr,
-                                        static_cast<XT*>(p.out),
-                                        p.qmin,
-                                        p.qmax};
-    return Elementwise<ElementwiseOp::kForward>(a, p.rows, p.cols, stream);
+    using Op = FakeQuantizeOp<XT, ScaleT>;
+    using C = typename Op::C;
+    const Op op{static_cast<const XT*>(p.x),
+                nullptr,
+                static_cast<XT*>(p.out),
+                static_cast<const ScaleT*>(p.scale),
+                p.zero_point,
+                static_cast<C>(p.qmin),
+                static_cast<C>(p.qmax)};
+    return RunRowwiseMap<ElementwiseTuning>(op, p.rows, p.cols, stream,
+                                                                   "fake_quantize_per_token");
   });
 }
 
@@ -456,15 +337,18 @@ std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p, cudaStream_
   return VisitFakeQuantizeTypes<CudaTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
-    const ElementwiseArgs<XT, ScaleT> a{static_cast<const XT*>(p.x),
-                                        static_cast<const ScaleT*>(p.scale),
-                                        p.zero_point,
-                                        static_cast<const XT*>(p.tangent_x),
-                                        static_cast<const ScaleT*>(p.tangent_scale),
-                                        static_cast<XT*>(p.out),
-                                        p.qmin,
-                                        p.qmax};
-    return Elementwise<ElementwiseOp::kTangent>(a, p.rows, p.cols, stream);
+    using Op = FakeQuantizeTangentOp<XT, ScaleT>;
+    using C = typename Op::C;
+    const Op op{static_cast<const XT*>(p.x),
+                static_cast<const XT*>(p.tangent_x),
+                static_cast<XT*>(p.out),
+                static_cast<const ScaleT*>(p.scale),
+                p.zero_point,
+                static_cast<const ScaleT*>(p.tangent_scale),
+                static_cast<C>(p.qmin),
+                static_cast<C>(p.qmax)};
+    return RunRowwiseMap<ElementwiseTuning>(
+        op, p.rows, p.cols, stream, "fake_quantize_per_token tangent");
   });
 }
 

@@ -2,8 +2,8 @@
 //
 // A row is handled by a group of threads: one warp per row for short rows
 // (several rows per block), one block per row otherwise. The group reads its
-// row once with 16-byte loads into registers (64 bytes per thread, so a
-// bfloat16 row of up to 32768 elements stays on chip), reduces the row's range
+// row once with 16-byte loads into registers (32 elements per thread, so a
+// row of up to 32768 elements stays on chip), reduces the row's range
 // deterministically (warp butterfly, then the warps' partial ranges combined in
 // a fixed order by every thread, so every thread holds the same range), lets
 // every thread compute the same scale and zero point (one thread stores them),
@@ -23,15 +23,19 @@ namespace jdq::cuda {
 namespace {
 
 constexpr int kWarpSize = 32;
-constexpr int kBytesPerThread = 64;  // a thread's share of a row held in registers
+// A thread's share of a row held in registers: 32 elements (64 bytes of
+// bfloat16, 128 of float32; measured best of 16-128 bytes on an H100, see
+// docs/perf.md).
+template <typename XT>
+constexpr int kBytesPerThread = 32 * static_cast<int>(sizeof(XT));
 constexpr int kWarpRowsPerBlock = 8;  // rows per block of the warp-per-row variant
 constexpr int kMaxThreads = 1024;
 
-// Chunks of kVec elements a thread holds: 64 bytes of the row when loads are
+// Chunks of kVec elements a thread holds: kBytes of the row when loads are
 // 16 bytes wide; 8 elements when they are scalar (more would spill).
-template <typename XT, int kVec>
+template <typename XT, int kVec, int kBytes>
 __host__ __device__ constexpr int ChunksPerThread() {
-  return kVec == 1 ? 8 : kBytesPerThread / static_cast<int>(sizeof(XT)) / kVec;
+  return kVec == 1 ? 8 : kBytes / static_cast<int>(sizeof(XT)) / kVec;
 }
 
 template <typename C>
@@ -110,13 +114,13 @@ __device__ __forceinline__ void WarpRange(C& lo, C& hi) {
 
 // Element kVec-chunk k of a thread at position `lane` of a group of `group`
 // threads starts at (k * group + lane) * kVec within a pass over the row.
-template <typename XT, typename ScaleT, typename QT, int kVec, bool kWarpPerRow>
+template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes, bool kWarpPerRow>
 __global__ void __launch_bounds__(kWarpPerRow ? kWarpSize * kWarpRowsPerBlock : kMaxThreads)
     QuantizeDynamicKernel(const XT* __restrict__ x, QT* __restrict__ q,
                           ScaleT* __restrict__ scale, int32_t* __restrict__ zero_point,
                           DynamicParams<ComputeType<ScaleT, XT>> params) {
   using C = ComputeType<ScaleT, XT>;
-  constexpr int kChunks = ChunksPerThread<XT, kVec>();
+  constexpr int kChunks = ChunksPerThread<XT, kVec, kBytes>();
   using XPack = Pack<XT, kVec>;
   using QPack = Pack<QT, kVec>;
   __shared__ C shared_lo[kMaxThreads / kWarpSize];
@@ -212,10 +216,10 @@ __global__ void __launch_bounds__(kWarpPerRow ? kWarpSize * kWarpRowsPerBlock : 
   }
 }
 
-template <typename XT, typename ScaleT, typename QT, int kVec>
+template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes = kBytesPerThread<XT>>
 std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
   using C = ComputeType<ScaleT, XT>;
-  constexpr int64_t kElemsPerThread = ChunksPerThread<XT, kVec>() * kVec;
+  constexpr int64_t kElemsPerThread = ChunksPerThread<XT, kVec, kBytes>() * kVec;
   const ScaleRange<C> range = ScaleRangeFor<C>(p.scale_type);
   const DynamicParams<C> params{p.rows,
                                 p.cols,
@@ -230,7 +234,7 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
   auto* scale = static_cast<ScaleT*>(p.scale);
   if (p.cols <= kWarpSize * kElemsPerThread) {
     const int64_t blocks = (p.rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
-    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, true>
+    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, true>
         <<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks),
            kWarpSize * kWarpRowsPerBlock, 0, stream>>>(x, q, scale, p.zero_point, params);
   } else {
@@ -238,7 +242,7 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
     const int64_t warps = (needed + kWarpSize - 1) / kWarpSize;
     const int64_t threads =
         warps * kWarpSize < kMaxThreads ? warps * kWarpSize : int64_t{kMaxThreads};
-    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, false>
+    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false>
         <<<static_cast<unsigned>(p.rows < kMaxBlocks ? p.rows : kMaxBlocks),
            static_cast<unsigned>(threads), 0, stream>>>(x, q, scale, p.zero_point, params);
   }

@@ -185,3 +185,50 @@ def test_fake_quantize_forward_over_threads_matches_reference(
     got = run(jdq.fake_quantize_per_token, device)
     want = run(jdq.reference.fake_quantize_per_token, cpu)
     assert_bitwise_equal(got, want, f"{shape} {x_dtype} dynamic={dynamic} sym={symmetric}")
+
+
+@pytest.mark.parametrize(
+    "shape,x_dtype,scale_dtype,symmetric",
+    [
+        # More than 2^19 vectors: the CUDA row-wise map runs several vectors per
+        # thread. 4100 % 8 != 0: vectors cross row ends; zero points.
+        ((1025, 4100), "bfloat16", "float32", False),
+        ((2048, 4096), "float32", "float32", True),
+        ((1100, 4096), "float16", "float16", True),
+    ],
+)
+def test_rowwise_ops_on_large_arrays_match_reference(device, shape, x_dtype, scale_dtype, symmetric):
+    """Static quantize, fake quantize and fake quantize's tangent on arrays large
+    enough for the unrolled CUDA launch shape. The reference runs eagerly on the
+    CPU (jitted, XLA:CPU would contract the tangent's multiply-add into an FMA)."""
+    cpu = jax.devices("cpu")[0]
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 3).astype(x_dtype)
+    x[::97, ::13] = np.inf
+    x[::89, ::11] = np.nan
+    x[::7, ::5] = 0
+    scale = rng.uniform(0.01, 0.05, size=shape[:-1]).astype(scale_dtype)
+    zero_point = None if symmetric else rng.integers(100, 156, size=shape[:-1]).astype(np.int32)
+    dtype = np.int8 if symmetric else np.uint8
+    tangent_x = rng.standard_normal(shape).astype(x_dtype)
+    tangent_s = rng.standard_normal(shape[:-1]).astype(scale_dtype)
+
+    def run(module, where):
+        placed = [None if a is None else jax.device_put(a, where)
+                  for a in (x, scale, zero_point, tangent_x, tangent_s)]
+        xs, s, zp, tx, ts = placed
+
+        def ops(xs, s, zp, tx, ts):
+            quantized = module.quantize_per_token(xs, s, zp, dtype=dtype)
+            fake, tangent = jax.jvp(
+                lambda a, b: module.fake_quantize_per_token(a, b, zp, dtype=dtype), (xs, s), (tx, ts)
+            )
+            return quantized, fake, tangent
+
+        with jax.default_device(where):
+            return (jax.jit(ops) if module is jdq else ops)(*placed)
+
+    got = run(jdq, device)
+    want = run(jdq.reference, cpu)
+    for name, g, w in zip(("quantize", "fake quantize", "fake quantize tangent"), got, want):
+        assert_bitwise_equal(g, w, f"{name} {shape} {x_dtype} sym={symmetric}")

@@ -1,0 +1,255 @@
+// Launch-shape sweep for the CUDA kernels, outside JAX: times each variant of
+// the row-wise map kernel (dequantize, static quantize, fake quantize) and of
+// the fused dynamic quantize kernel on one GPU, beside the device's copy and
+// read-only bandwidth measured in the same process.
+//
+// Times are device times: CUDA events around a CUDA graph of `kCalls`
+// launches (so host launch overhead does not count), best of 5 graph runs,
+// divided by kCalls. GB/s counts each input read once and each output written
+// once. Numbers here pick the constants in cuda/*.cu; the JAX-level figures
+// (and XLA's) come from `python -m jax_dequant.bench`.
+//
+// Build one part per op family (they compile in parallel), e.g. on an H100:
+//   for part in 0 1 2 3; do
+//     nvcc -O3 -std=c++17 -arch=sm_90 --fmad=false -Icuda -DTUNE_PART=$part \
+//       benchmarks/tune_kernels.cu -o /tmp/tune_$part & done; wait
+//   for part in 0 1 2 3; do /tmp/tune_$part; done
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "rowwise_map.cuh"
+#include "rowwise_ops.cuh"
+// The dynamic quantize kernel and its launcher live in an anonymous namespace
+// of this file; including it gives this program the same code the library runs.
+#include "quantize_dynamic.cu"
+
+#ifndef TUNE_PART
+#define TUNE_PART 0
+#endif
+
+namespace {
+
+constexpr int kCalls = 20;
+
+void Check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(status));
+    std::exit(1);
+  }
+}
+
+// Device microseconds per call of `launch` (which enqueues one call on stream).
+template <typename Launch>
+double TimeUs(cudaStream_t stream, Launch launch) {
+  launch();
+  Check(cudaStreamSynchronize(stream), "warm-up");
+  cudaGraph_t graph;
+  Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "capture");
+  for (int i = 0; i < kCalls; ++i) launch();
+  Check(cudaStreamEndCapture(stream, &graph), "end capture");
+  cudaGraphExec_t exec;
+  Check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  float best = 1e30f;
+  for (int rep = 0; rep < 6; ++rep) {
+    cudaEventRecord(start, stream);
+    Check(cudaGraphLaunch(exec, stream), "graph launch");
+    cudaEventRecord(stop, stream);
+    Check(cudaEventSynchronize(stop), "sync");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (rep > 0) best = std::min(best, ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return 1000.0 * best / kCalls;
+}
+
+// Reads n 16-byte words, writing one word per block: the read-only bandwidth.
+__global__ void ReadOnlyKernel(const uint4* __restrict__ in, int64_t n, uint4* __restrict__ out) {
+  uint4 acc = {0, 0, 0, 0};
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const uint4 v = in[i];
+    acc.x ^= v.x;
+    acc.y ^= v.y;
+    acc.z ^= v.z;
+    acc.w ^= v.w;
+  }
+  if (acc.x == 0x12345678u) out[blockIdx.x] = acc;  // almost never: keeps the loads
+}
+
+struct Buffers {
+  void* a = nullptr;  // input
+  void* b = nullptr;  // output
+  void* scale = nullptr;
+  int32_t* zero_point = nullptr;
+};
+
+double g_copy_gbps = 0;
+
+void Report(const char* op, const char* config, int64_t rows, int64_t cols, double bytes,
+            double us) {
+  const double gbps = bytes / (us * 1e3);
+  std::printf("%-26s %-22s %6lldx%-6lld %10.2f us %8.1f GB/s %6.1f %%copy\n", op, config,
+              static_cast<long long>(rows), static_cast<long long>(cols), us, gbps,
+              100.0 * gbps / g_copy_gbps);
+}
+
+template <typename Op, int kUnroll, int kBlock>
+void SweepOne(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
+              cudaStream_t stream) {
+  using namespace jdq::cuda;
+  constexpr int kVec = RowwiseVectorElements<typename Op::In, typename Op::Out>();
+  const int64_t total = rows * cols;
+  const int64_t per_block = int64_t{kVec} * kUnroll * kBlock;
+  const unsigned blocks = static_cast<unsigned>((total + per_block - 1) / per_block);
+  const double us = TimeUs(stream, [&] {
+    RowwiseMapKernel<Op, kVec, kUnroll, kBlock, true>
+        <<<blocks, kBlock, 0, stream>>>(op, total, cols, true);
+  });
+  char config[64];
+  std::snprintf(config, sizeof config, "vec%d unroll%d block%d", kVec, kUnroll, kBlock);
+  Report(name, config, rows, cols, bytes, us);
+}
+
+template <typename Op>
+void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
+                  cudaStream_t stream) {
+  SweepOne<Op, 1, 256>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 2, 256>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 4, 256>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 8, 256>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 2, 128>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 4, 128>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 1, 512>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 2, 512>(name, op, rows, cols, bytes, stream);
+}
+
+template <typename XT, typename QT, int kBytes>
+void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
+                     cudaStream_t stream) {
+  jdq::DynamicQuantizeProblem p{};
+  p.x = buf.a;
+  p.q = buf.b;
+  p.scale = buf.scale;
+  p.zero_point = buf.zero_point;
+  p.rows = rows;
+  p.cols = cols;
+  p.qmin = -128;
+  p.qmax = 127;
+  p.symmetric = true;
+  p.scale_type = jdq::DType::kF32;
+  constexpr int kVec = 16 / sizeof(XT);
+  const double us = TimeUs(stream, [&] {
+    const std::string error = jdq::cuda::Launch<XT, float, QT, kVec, kBytes>(p, stream);
+    if (!error.empty()) {
+      std::fprintf(stderr, "%s\n", error.c_str());
+      std::exit(1);
+    }
+  });
+  char config[64];
+  std::snprintf(config, sizeof config, "%d bytes/thread", kBytes);
+  Report(name, config, rows, cols, bytes, us);
+}
+
+template <typename XT>
+void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
+                  cudaStream_t stream) {
+  SweepDynamicOne<XT, int8_t, 16>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 32>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 64>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 128>(name, buf, rows, cols, bytes, stream);
+}
+
+}  // namespace
+
+int main() {
+  using namespace jdq::cuda;
+  cudaStream_t stream;
+  Check(cudaStreamCreate(&stream), "stream");
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+
+  // Copy and read-only bandwidth, 1 GiB each way.
+  const size_t copy_bytes = size_t{1} << 30;
+  void *src, *dst;
+  Check(cudaMalloc(&src, copy_bytes), "malloc");
+  Check(cudaMalloc(&dst, copy_bytes), "malloc");
+  cudaMemset(src, 1, copy_bytes);
+  const double copy_us = TimeUs(stream, [&] {
+    cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, stream);
+  });
+  g_copy_gbps = 2.0 * copy_bytes / (copy_us * 1e3);
+  const double read_us = TimeUs(stream, [&] {
+    ReadOnlyKernel<<<prop.multiProcessorCount * 8, 256, 0, stream>>>(
+        static_cast<const uint4*>(src), copy_bytes / 16, static_cast<uint4*>(dst));
+  });
+  std::printf("# %s, part %d: copy %.1f GB/s (cudaMemcpy D2D, read+written), read-only %.1f GB/s\n",
+              prop.name, TUNE_PART, g_copy_gbps, copy_bytes / (read_us * 1e3));
+  cudaFree(dst);
+
+  // Inputs: the 1 GiB buffer (levels / values of 1), outputs up to 512 MiB.
+  Buffers buf;
+  buf.a = src;
+  Check(cudaMalloc(&buf.b, size_t{1} << 30), "malloc");
+  Check(cudaMalloc(&buf.scale, 65536 * 4), "malloc");
+  Check(cudaMalloc(&buf.zero_point, 65536 * 4), "malloc");
+  std::vector<float> ones(65536, 0.01f);
+  cudaMemcpy(buf.scale, ones.data(), 65536 * 4, cudaMemcpyHostToDevice);
+  [[maybe_unused]] auto* scale = static_cast<const float*>(buf.scale);
+
+  const int64_t shapes[][2] = {{16384, 8192}, {64, 8192}, {1, 4096}};
+  for (const auto& shape : shapes) {
+    const int64_t rows = shape[0], cols = shape[1];
+    const double n = static_cast<double>(rows * cols);
+#if TUNE_PART == 0
+    SweepRowwise("dequantize int8->bf16",
+                 DequantizeOp<int8_t, float, __nv_bfloat16>{
+                     static_cast<const int8_t*>(buf.a), nullptr,
+                     static_cast<__nv_bfloat16*>(buf.b), scale, nullptr},
+                 rows, cols, n * 3 + 4 * rows, stream);
+    SweepRowwise("dequantize int8->f32",
+                 DequantizeOp<int8_t, float, float>{static_cast<const int8_t*>(buf.a), nullptr,
+                                                    static_cast<float*>(buf.b), scale, nullptr},
+                 rows, cols, n * 5 + 4 * rows, stream);
+#elif TUNE_PART == 1
+    SweepRowwise("quantize bf16->int8",
+                 QuantizeOp<__nv_bfloat16, float, int8_t>{
+                     static_cast<const __nv_bfloat16*>(buf.a), nullptr,
+                     static_cast<int8_t*>(buf.b), scale, nullptr, -128.f, 127.f},
+                 rows, cols, n * 3 + 4 * rows, stream);
+    SweepRowwise("quantize f32->int8",
+                 QuantizeOp<float, float, int8_t>{static_cast<const float*>(buf.a), nullptr,
+                                                  static_cast<int8_t*>(buf.b), scale, nullptr,
+                                                  -128.f, 127.f},
+                 rows, cols, n * 5 + 4 * rows, stream);
+#elif TUNE_PART == 2
+    SweepRowwise("fake_quantize bf16",
+                 FakeQuantizeOp<__nv_bfloat16, float>{
+                     static_cast<const __nv_bfloat16*>(buf.a), nullptr,
+                     static_cast<__nv_bfloat16*>(buf.b), scale, nullptr, -128.f, 127.f},
+                 rows, cols, n * 4 + 4 * rows, stream);
+    SweepRowwise("fake_quantize f32",
+                 FakeQuantizeOp<float, float>{static_cast<const float*>(buf.a), nullptr,
+                                              static_cast<float*>(buf.b), scale, nullptr, -128.f,
+                                              127.f},
+                 rows, cols, n * 8 + 4 * rows, stream);
+#else
+    SweepDynamic<__nv_bfloat16>("quantize_dynamic bf16", buf, rows, cols, n * 3 + 8 * rows,
+                                stream);
+    SweepDynamic<float>("quantize_dynamic f32", buf, rows, cols, n * 5 + 8 * rows, stream);
+#endif
+  }
+  Check(cudaDeviceSynchronize(), "final sync");
+  return 0;
+}

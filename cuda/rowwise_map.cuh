@@ -1,0 +1,193 @@
+// One CUDA kernel for every per-row element-wise map: out[r, c] = f(row r's
+// constants, in[r, c]) (dequantize, static quantize, fake quantize forward and
+// tangent). The ops themselves are small functors (rowwise_ops.cuh).
+//
+// Layout. The flat [rows * cols] array is cut into vectors of kVec elements,
+// 16 bytes of the wider of the input and output. A block of kBlock threads
+// owns kUnroll * kBlock consecutive vectors; thread t takes vectors t,
+// t + kBlock, ..., so each warp-wide load or store covers one contiguous
+// stretch of memory: every 32-byte sector is written whole by one instruction
+// (a thread writing two or four neighbouring 16-byte pieces leaves each warp
+// store half-sectors, which measured 55-87% of copy bandwidth on an H100).
+//
+// Latency. A thread first computes the rows of its vectors (integer work only),
+// then issues every load (its kUnroll input vectors and their rows' scale and
+// zero point), and only then derives the row constants (e.g. a reciprocal,
+// whose slow path is a branch the compiler will not move loads across) and
+// maps. So kUnroll vectors' worth of loads are in flight per thread.
+//
+// Rows. When cols is a multiple of kVec (kRowAligned) a vector lies in one row;
+// otherwise the row may change inside a vector and is advanced element by
+// element. The last, partial vector is done element by element.
+#ifndef JAX_DEQUANT_ROWWISE_MAP_CUH_
+#define JAX_DEQUANT_ROWWISE_MAP_CUH_
+
+#include <cstdint>
+#include <string>
+
+#include "cuda_common.cuh"
+#include "cuda_types.cuh"
+
+namespace jdq::cuda {
+
+// Elements per vector: 16 bytes of the wider of In and Out.
+template <typename In, typename Out>
+constexpr int RowwiseVectorElements() {
+  return 16 / (sizeof(In) > sizeof(Out) ? sizeof(In) : sizeof(Out));
+}
+
+// Op is a functor with
+//   using In, Out;                         element types
+//   static constexpr bool kSecondInput;    reads in2 as well (may be null at run time)
+//   const In* in; const In* in2; Out* out;
+//   RowData LoadRow(int64_t row) const;    the row's raw loads only
+//   Row Prepare(const RowData&) const;     the row's constants
+//   Out Apply(const Row&, In value, In value2) const;
+//
+// Index is uint32_t when the array has fewer than 2^32 elements (32-bit
+// arithmetic and one 32-bit division per vector), else int64_t.
+template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned>
+__global__ void __launch_bounds__(kBlock)
+    RowwiseMapKernel(Op op, Index total, Index cols) {
+  using In = typename Op::In;
+  using Out = typename Op::Out;
+  using RowData = decltype(op.LoadRow(int64_t{0}));
+  using InPack = Pack<In, kVec>;
+  using OutPack = Pack<Out, kVec>;
+  const bool second = Op::kSecondInput && op.in2 != nullptr;
+  const Index block_first =
+      static_cast<Index>(blockIdx.x) * (kUnroll * kBlock) + static_cast<Index>(threadIdx.x);
+
+  Index first[kUnroll];
+  Index row[kUnroll];
+  Index col[kUnroll];
+  InPack values[kUnroll];
+  InPack values2[kUnroll];
+  RowData data[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    first[u] = (block_first + u * kBlock) * kVec;
+    if (first[u] < total) {
+      row[u] = first[u] / cols;
+      col[u] = first[u] - row[u] * cols;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (first[u] + kVec <= total) {
+      values[u] = *reinterpret_cast<const InPack*>(op.in + first[u]);
+      if (second) values2[u] = *reinterpret_cast<const InPack*>(op.in2 + first[u]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (first[u] < total) data[u] = op.LoadRow(row[u]);
+  }
+
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (first[u] >= total) break;
+    auto constants = op.Prepare(data[u]);
+    auto next_element = [&]() {
+      if (++col[u] == cols) {
+        col[u] = 0;
+        ++row[u];
+        constants = op.Prepare(op.LoadRow(row[u]));
+      }
+    };
+    if (first[u] + kVec <= total) {
+      OutPack results;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        results.v[i] = op.Apply(constants, values[u].v[i], second ? values2[u].v[i] : values[u].v[i]);
+        if (!kRowAligned && i + 1 < kVec) next_element();
+      }
+      *reinterpret_cast<OutPack*>(op.out + first[u]) = results;
+    } else {
+      for (Index e = first[u]; e < total; ++e) {
+        const In value = op.in[e];
+        op.out[e] = op.Apply(constants, value, second ? op.in2[e] : value);
+        if (e + 1 < total) next_element();
+      }
+    }
+  }
+}
+
+template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned>
+void LaunchRowwiseMapKernel(const Op& op, int64_t total, int64_t cols, cudaStream_t stream) {
+  constexpr int64_t kPerBlock = int64_t{kVec} * kUnroll * kBlock;
+  const auto blocks = static_cast<unsigned>((total + kPerBlock - 1) / kPerBlock);
+  RowwiseMapKernel<Op, Index, kVec, kUnroll, kBlock, kRowAligned>
+      <<<blocks, kBlock, 0, stream>>>(op, static_cast<Index>(total), static_cast<Index>(cols));
+}
+
+// Launches Op over a [rows, cols] array with kVec-element vectors, kUnroll of
+// them per thread, kBlock threads per block; `name` prefixes error messages.
+// Vectors need in, in2 and out aligned to their accesses; callers pass
+// kVec = 1 otherwise.
+template <typename Op, int kVec, int kUnroll, int kBlock>
+std::string LaunchRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStream_t stream,
+                             const char* name) {
+  const int64_t total = rows * cols;
+  if (total == 0) return std::string();
+  constexpr int64_t kPerBlock = int64_t{kVec} * kUnroll * kBlock;
+  if ((total + kPerBlock - 1) / kPerBlock > 0x7fffffff) {
+    return std::string(name) + ": array too large for one launch";
+  }
+  const bool row_aligned = kVec == 1 || cols % kVec == 0;
+  if (total < (int64_t{1} << 32)) {
+    if (row_aligned) {
+      LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true>(op, total, cols, stream);
+    } else {
+      LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, false>(op, total, cols, stream);
+    }
+  } else if (row_aligned) {
+    LaunchRowwiseMapKernel<Op, int64_t, kVec, kUnroll, kBlock, true>(op, total, cols, stream);
+  } else {
+    LaunchRowwiseMapKernel<Op, int64_t, kVec, kUnroll, kBlock, false>(op, total, cols, stream);
+  }
+  const cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) {
+    return std::string(name) + " kernel launch failed: " + cudaGetErrorString(status);
+  }
+  return std::string();
+}
+
+// Whether Op's buffers allow kVec-element vectors.
+template <typename Op, int kVec>
+bool RowwiseVectorsFit(const Op& op) {
+  using In = typename Op::In;
+  using Out = typename Op::Out;
+  return IsAligned(op.in, kVec * sizeof(In)) && IsAligned(op.out, kVec * sizeof(Out)) &&
+         (!Op::kSecondInput || op.in2 == nullptr || IsAligned(op.in2, kVec * sizeof(In)));
+}
+
+// Launch shapes of a row-wise map op, from the H100 sweep in docs/perf.md
+// (benchmarks/tune_kernels.cu): kUnroll vectors per thread and kBlock threads
+// per block for large arrays; one vector per thread, 256-thread blocks, when
+// there are fewer than kSmallVectors vectors (decode shapes), where more work
+// per thread only lengthens the one wave.
+template <int kUnroll, int kBlock>
+struct RowwiseTuning {
+  static constexpr int unroll = kUnroll;
+  static constexpr int block = kBlock;
+};
+constexpr int64_t kSmallVectors = int64_t{1} << 19;
+
+// Runs Op: vectors when the buffers allow them, else one element per thread.
+template <typename Tuning, typename Op>
+std::string RunRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStream_t stream,
+                          const char* name) {
+  constexpr int kVec = RowwiseVectorElements<typename Op::In, typename Op::Out>();
+  if (!RowwiseVectorsFit<Op, kVec>(op)) {
+    return LaunchRowwiseMap<Op, 1, 1, 256>(op, rows, cols, stream, name);
+  }
+  if (rows * cols / kVec < kSmallVectors) {
+    return LaunchRowwiseMap<Op, kVec, 1, 256>(op, rows, cols, stream, name);
+  }
+  return LaunchRowwiseMap<Op, kVec, Tuning::unroll, Tuning::block>(op, rows, cols, stream, name);
+}
+
+}  // namespace jdq::cuda
+
+#endif  // JAX_DEQUANT_ROWWISE_MAP_CUH_

@@ -1,0 +1,184 @@
+// The per-row element-wise ops run by RowwiseMapKernel (rowwise_map.cuh):
+// dequantize, static quantize, and fake quantize (forward with a given scale,
+// and its forward-mode tangent). Each is a functor holding its buffers and
+// scalars; the numerics are those of numerics.h, shared with the CPU kernels.
+#ifndef JAX_DEQUANT_ROWWISE_OPS_CUH_
+#define JAX_DEQUANT_ROWWISE_OPS_CUH_
+
+#include <cstdint>
+
+#include "cuda_types.cuh"
+#include "numerics.h"
+
+namespace jdq::cuda {
+
+// A row's scale and zero point as stored (zero point 0 when there is none).
+template <typename ScaleT>
+struct StoredRow {
+  ScaleT scale;
+  int32_t zero_point;
+};
+
+template <typename ScaleT>
+__device__ __forceinline__ StoredRow<ScaleT> LoadStoredRow(const ScaleT* __restrict__ scale,
+                                                           const int32_t* __restrict__ zero_point,
+                                                           int64_t row) {
+  return {scale[row], zero_point != nullptr ? zero_point[row] : 0};
+}
+
+// out = (q - zero_point) * scale.
+template <typename QT, typename ScaleT, typename OutT>
+struct DequantizeOp {
+  using In = QT;
+  using Out = OutT;
+  using C = ComputeType<ScaleT, OutT>;
+  static constexpr bool kSecondInput = false;
+  struct Row {
+    C scale;
+    C zero_point;
+  };
+
+  const QT* in;
+  const QT* in2;  // unused
+  OutT* out;
+  const ScaleT* scale;
+  const int32_t* zero_point;
+
+  __device__ __forceinline__ StoredRow<ScaleT> LoadRow(int64_t row) const {
+    return LoadStoredRow(scale, zero_point, row);
+  }
+  __device__ __forceinline__ Row Prepare(const StoredRow<ScaleT>& stored) const {
+    return {Convert<ScaleT>::template ToCompute<C>(stored.scale), static_cast<C>(stored.zero_point)};
+  }
+  __device__ __forceinline__ OutT Apply(const Row& row, QT level, QT) const {
+    return Convert<OutT>::template FromCompute<C>(
+        dequantize_value(Convert<QT>::template ToCompute<C>(level), row.zero_point, row.scale));
+  }
+};
+
+// q = clamp(rne(x * (1 / scale) + zero_point), qmin, qmax).
+template <typename XT, typename ScaleT, typename QT>
+struct QuantizeOp {
+  using In = XT;
+  using Out = QT;
+  using C = ComputeType<ScaleT, XT>;
+  static constexpr bool kSecondInput = false;
+  struct Row {
+    C reciprocal;
+    C zero_point;
+  };
+
+  const XT* in;
+  const XT* in2;  // unused
+  QT* out;
+  const ScaleT* scale;
+  const int32_t* zero_point;
+  C qmin;
+  C qmax;
+
+  __device__ __forceinline__ StoredRow<ScaleT> LoadRow(int64_t row) const {
+    return LoadStoredRow(scale, zero_point, row);
+  }
+  __device__ __forceinline__ Row Prepare(const StoredRow<ScaleT>& stored) const {
+    return {reciprocal_rn(Convert<ScaleT>::template ToCompute<C>(stored.scale)),
+            static_cast<C>(stored.zero_point)};
+  }
+  __device__ __forceinline__ QT Apply(const Row& row, XT value, XT) const {
+    return static_cast<QT>(quantize_value(Convert<XT>::template ToCompute<C>(value),
+                                          row.reciprocal, row.zero_point, qmin, qmax));
+  }
+};
+
+// Fake quantization's row constants in C.
+template <typename C>
+struct FakeQuantizeRow {
+  C scale;
+  C reciprocal;
+  C zero_point;
+};
+
+// out = fake_quantize_value(x) with a given scale.
+template <typename XT, typename ScaleT>
+struct FakeQuantizeOp {
+  using In = XT;
+  using Out = XT;
+  using C = ComputeType<ScaleT, XT>;
+  static constexpr bool kSecondInput = false;
+
+  const XT* in;
+  const XT* in2;  // unused
+  XT* out;
+  const ScaleT* scale;
+  const int32_t* zero_point;
+  C qmin;
+  C qmax;
+
+  __device__ __forceinline__ StoredRow<ScaleT> LoadRow(int64_t row) const {
+    return LoadStoredRow(scale, zero_point, row);
+  }
+  __device__ __forceinline__ FakeQuantizeRow<C> Prepare(const StoredRow<ScaleT>& stored) const {
+    const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.scale);
+    return {row_scale, reciprocal_rn(row_scale), static_cast<C>(stored.zero_point)};
+  }
+  __device__ __forceinline__ XT Apply(const FakeQuantizeRow<C>& row, XT value, XT) const {
+    return Convert<XT>::template FromCompute<C>(
+        fake_quantize_value(Convert<XT>::template ToCompute<C>(value), row.reciprocal,
+                            row.zero_point, row.scale, qmin, qmax));
+  }
+};
+
+// The forward-mode tangent of fake quantization (also its x-only backward):
+// inside * tangent_x + lsq * tangent_scale. in2 is the x tangent and
+// tangent_scale the scale tangent; either may be null (a zero tangent), not
+// both.
+template <typename XT, typename ScaleT>
+struct FakeQuantizeTangentOp {
+  using In = XT;
+  using Out = XT;
+  using C = ComputeType<ScaleT, XT>;
+  static constexpr bool kSecondInput = true;
+  struct StoredTangentRow {
+    StoredRow<ScaleT> stored;
+    ScaleT tangent_scale;
+  };
+  struct Row {
+    FakeQuantizeRow<C> constants;
+    C tangent_scale;
+  };
+
+  const XT* in;
+  const XT* in2;
+  XT* out;
+  const ScaleT* scale;
+  const int32_t* zero_point;
+  const ScaleT* tangent_scale;
+  C qmin;
+  C qmax;
+
+  // Without a scale tangent, tangent_scale holds an unused copy of the scale.
+  __device__ __forceinline__ StoredTangentRow LoadRow(int64_t row) const {
+    return {LoadStoredRow(scale, zero_point, row),
+            tangent_scale != nullptr ? tangent_scale[row] : scale[row]};
+  }
+  __device__ __forceinline__ Row Prepare(const StoredTangentRow& stored) const {
+    const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.stored.scale);
+    return {{row_scale, reciprocal_rn(row_scale), static_cast<C>(stored.stored.zero_point)},
+            Convert<ScaleT>::template ToCompute<C>(stored.tangent_scale)};
+  }
+  __device__ __forceinline__ XT Apply(const Row& row, XT value, XT tangent) const {
+    const FakeQuantizeRow<C>& k = row.constants;
+    const auto slopes = fake_quantize_slopes(Convert<XT>::template ToCompute<C>(value),
+                                             k.reciprocal, k.zero_point, qmin, qmax);
+    if (tangent_scale == nullptr) {
+      return slopes.inside ? tangent : Convert<XT>::template FromCompute<C>(C(0));
+    }
+    const C scale_term = mul_rn(slopes.lsq, row.tangent_scale);
+    if (in2 == nullptr) return Convert<XT>::template FromCompute<C>(scale_term);
+    const C passed = slopes.inside ? Convert<XT>::template ToCompute<C>(tangent) : C(0);
+    return Convert<XT>::template FromCompute<C>(add_rn(passed, scale_term));
+  }
+};
+
+}  // namespace jdq::cuda
+
+#endif  // JAX_DEQUANT_ROWWISE_OPS_CUH_
