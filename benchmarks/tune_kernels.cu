@@ -110,12 +110,9 @@ void SweepOne(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
               cudaStream_t stream) {
   using namespace jdq::cuda;
   constexpr int kVec = RowwiseVectorElements<typename Op::In, typename Op::Out>();
-  const int64_t total = rows * cols;
-  const int64_t per_block = int64_t{kVec} * kUnroll * kBlock;
-  const unsigned blocks = static_cast<unsigned>((total + per_block - 1) / per_block);
   const double us = TimeUs(stream, [&] {
-    RowwiseMapKernel<Op, kVec, kUnroll, kBlock, true>
-        <<<blocks, kBlock, 0, stream>>>(op, total, cols, true);
+    LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true>(op, rows * cols, cols,
+                                                                     stream);
   });
   char config[64];
   std::snprintf(config, sizeof config, "vec%d unroll%d block%d", kVec, kUnroll, kBlock);
