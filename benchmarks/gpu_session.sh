@@ -12,7 +12,11 @@
 #    16384x8192 bf16 (benchmarks/ncu_target.py): $OUT/ncu_<op>.txt;
 # A summary comes last. Every step runs under a share of one time budget
 # (JDQ_BUDGET_S, default 510 s, so the script stays under 9 minutes); a step
-# that no longer fits is skipped and says so. JDQ_PYTEST_ARGS (default -q)
+# that no longer fits is skipped and says so. On an H100 the build takes about
+# 2 minutes, the GPU tests (-m gpu) 5 and the benchmark 3: more than one
+# 10-minute call, so JDQ_STEPS (default "tests bench ncu") picks the steps of
+# this call, e.g. JDQ_STEPS=tests, then JDQ_STEPS="bench ncu" on the same
+# machine (the build always runs). JDQ_PYTEST_ARGS (default -q)
 # and JDQ_BENCH_ARGS (default: the full set) change steps 2 and 3.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -23,6 +27,8 @@ mkdir -p "$OUT"
 BUDGET=${JDQ_BUDGET_S:-510}
 START=$(date +%s)
 PY=$(command -v python3)
+STEPS=" ${JDQ_STEPS:-tests bench ncu} "
+wants() { [[ $STEPS == *" $1 "* ]]; }
 
 elapsed() { echo $(($(date +%s) - START)); }
 left() { echo $((BUDGET - $(elapsed))); }
@@ -44,7 +50,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_ver
 "$PY" -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" 2>&1 | tail -1
 
 step "build (sm_90)"
-JAX_DEQUANT_CUDA=ON JAX_DEQUANT_CUDA_ARCHITECTURES=90-real CMAKE_BUILD_PARALLEL_LEVEL=10 \
+JAX_DEQUANT_CUDA=ON JAX_DEQUANT_CUDA_ARCHITECTURES=90-real CMAKE_BUILD_PARALLEL_LEVEL=16 \
   timeout "$(cap 240 240)" "$PY" -m pip install --no-build-isolation --no-deps --no-index . \
   >"$OUT/pip.log" 2>&1
 BUILD_RC=$?
@@ -54,7 +60,7 @@ echo "pip install exit code $BUILD_RC"
 
 step "tests (JAX_DEQUANT_REQUIRE_GPU=1)"
 PYTEST_RC=skipped
-if ((BUILD_RC == 0)); then
+if ((BUILD_RC == 0)) && wants tests; then
   # From /tmp, so that the installed package is imported, not the source tree.
   (cd /tmp && JAX_DEQUANT_REQUIRE_GPU=1 timeout "$(cap 270 230)" "$PY" -m pytest -p no:cacheprovider \
     ${JDQ_PYTEST_ARGS:--q} "$ROOT/tests" >"$OUT/pytest.log" 2>&1)
@@ -66,7 +72,7 @@ fi
 
 step "benchmark"
 BENCH_RC=skipped
-if ((BUILD_RC == 0)); then
+if ((BUILD_RC == 0)) && wants bench; then
   (cd "$OUT" && timeout "$(cap 230 30)" "$PY" -m jax_dequant.bench --platform gpu \
     --json "$OUT/bench.json" --png "$OUT/bench.png" --markdown "$OUT/bench.md" \
     ${JDQ_BENCH_ARGS:-} >"$OUT/bench.txt" 2>"$OUT/bench.log")
@@ -78,7 +84,9 @@ fi
 step "Nsight Compute: ours then XLA's, 16384x8192 bf16, for each op of JDQ_NCU_OPS"
 # Default: the op that misses a goal (dynamic quantize) and the backward.
 for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
-  if ((BUILD_RC != 0)); then
+  if ! wants ncu; then
+    echo "skipped: not in JDQ_STEPS"
+  elif ((BUILD_RC != 0)); then
     echo "skipped: no build"
   elif ! command -v ncu >/dev/null; then
     echo "skipped: ncu not found"
