@@ -25,34 +25,38 @@ template <typename XT, typename C>
 struct RowRangeLanes {
   static constexpr int kWidth = 32 / sizeof(C);
 
-  // GCC/Clang vector extensions; the scalar select formulation does not
-  // vectorize (its NaN test turns into branches).
+  // GCC/Clang vector extensions, as two 16-byte halves (the width of the
+  // baseline ISA: wider vectors are split up element by element); the scalar
+  // select formulation does not vectorize (its NaN test turns into branches).
   static JDQ_ALWAYS_INLINE int64_t Scalar(const XT* __restrict x, int64_t cols, C* lane_lo,
                                           C* lane_hi, bool* nan) {
     using Int = std::conditional_t<sizeof(C) == 8, int64_t, int32_t>;
-    typedef C Vector __attribute__((vector_size(32)));
-    typedef Int Mask __attribute__((vector_size(32)));
-    Vector lo = {};
-    Vector hi = {};
-    Mask lane_nan = {};
+    typedef C Vector __attribute__((vector_size(16)));
+    typedef Int Mask __attribute__((vector_size(16)));
+    constexpr int kHalf = kWidth / 2;
+    Vector lo[2] = {};
+    Vector hi[2] = {};
+    Mask lane_nan[2] = {};
     int64_t col = 0;
     for (; col + kWidth <= cols; col += kWidth) {
       C values[kWidth];
       for (int i = 0; i < kWidth; ++i) values[i] = Convert<XT>::template ToCompute<C>(x[col + i]);
-      Vector v;
-      std::memcpy(&v, values, sizeof(v));
-      // Vector casts are bit casts; comparisons give all-ones lanes where true.
-      const Mask below = (Mask)(v < lo);
-      const Mask above = (Mask)(v > hi);
-      lo = (Vector)(((Mask)v & below) | ((Mask)lo & ~below));
-      hi = (Vector)(((Mask)v & above) | ((Mask)hi & ~above));
-      lane_nan |= (Mask)(v != v);
+      for (int h = 0; h < 2; ++h) {
+        Vector v;
+        std::memcpy(&v, values + h * kHalf, sizeof(v));
+        // Vector casts are bit casts; comparisons give all-ones lanes where true.
+        const Mask below = (Mask)(v < lo[h]);
+        const Mask above = (Mask)(v > hi[h]);
+        lo[h] = (Vector)(((Mask)v & below) | ((Mask)lo[h] & ~below));
+        hi[h] = (Vector)(((Mask)v & above) | ((Mask)hi[h] & ~above));
+        lane_nan[h] |= (Mask)(v != v);
+      }
     }
     *nan = false;
     for (int i = 0; i < kWidth; ++i) {
-      lane_lo[i] = lo[i];
-      lane_hi[i] = hi[i];
-      *nan = *nan || lane_nan[i] != 0;
+      lane_lo[i] = lo[i / kHalf][i % kHalf];
+      lane_hi[i] = hi[i / kHalf][i % kHalf];
+      *nan = *nan || lane_nan[i / kHalf][i % kHalf] != 0;
     }
     return col;
   }
