@@ -66,69 +66,58 @@ RowConstants<C> LoadRow(const ScaleT* scale, const int32_t* zero_point, int64_t 
           zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0)};
 }
 
-// out[i] = to_x(fake_quantize_value(C(x[i]), reciprocal, zero, scale, qmin, qmax))
-// over one piece of a row.
-template <typename XT, typename C>
-struct FakeQuantizeSpan {
+// The row-wise map of fake quantization with a given scale (cpu_parallel.h):
+// out[i] = to_x(fake_quantize_value(C(x[i]), reciprocal, zero, scale, qmin, qmax)).
+template <typename XT, typename ScaleT>
+struct FakeQuantizeMap {
+  using In = XT;
+  using Out = XT;
+  using C = ComputeType<ScaleT, XT>;
+  struct Row {
+    RowConstants<C> k;
+    C qmin;
+    C qmax;
+  };
+
+  static JDQ_ALWAYS_INLINE Row ForRow(const FakeQuantizeProblem& p, int64_t row) {
+    return {LoadRow<C>(static_cast<const ScaleT*>(p.scale), p.zero_point, row),
+            static_cast<C>(p.qmin), static_cast<C>(p.qmax)};
+  }
+
   // A plain loop the compiler vectorizes.
   static JDQ_ALWAYS_INLINE void Scalar(const XT* __restrict x, XT* __restrict out, int64_t count,
-                                       C reciprocal, C zero, C scale, C qmin, C qmax) {
+                                       const Row& r) {
     for (int64_t i = 0; i < count; ++i) {
       const C value = Convert<XT>::template ToCompute<C>(x[i]);
-      out[i] = Convert<XT>::template FromCompute<C>(
-          fake_quantize_value(value, reciprocal, zero, scale, qmin, qmax));
+      out[i] = Convert<XT>::template FromCompute<C>(fake_quantize_value(
+          value, r.k.reciprocal, r.k.zero_point, r.k.scale, r.qmin, r.qmax));
     }
   }
 
 #if JDQ_CPU_AVX2
   // float32, bfloat16 or float16 x with a float32 compute type: the level of
-  // avx2::Levels8, then (level + 0 - zp) * scale, 16 values a step; the last
-  // 1..15 padded.
+  // avx2::Levels8, then (level + 0 - zp) * scale, 16 values a step
+  // (avx2::MapValues16).
   static constexpr bool kHasAvx2 = std::is_same_v<C, float> && avx2::kIsFloat32Storage<XT>;
 
-  struct Block16 {
+  // 8 results: the level + 0 (no -0), minus the zero point, times the scale.
+  struct Values8 {
     avx2::LevelConstants k;
     __m256 scale;
-    JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE __m256 Values8(const XT* x) const {
+    JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE __m256 operator()(const XT* x) const {
       const __m256 level = _mm256_add_ps(avx2::Levels8(avx2::Load8(x), k), _mm256_setzero_ps());
       return _mm256_mul_ps(_mm256_sub_ps(level, k.zero_point), scale);
-    }
-    JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE void operator()(const XT* x, XT* out) const {
-      const __m256 low = Values8(x);
-      const __m256 high = Values8(x + 8);
-      avx2::Store8(out, low);
-      avx2::Store8(out + 8, high);
     }
   };
 
   static JDQ_TARGET_AVX2 inline void Avx2(const XT* __restrict x, XT* __restrict out,
-                                          int64_t count, float reciprocal, float zero, float scale,
-                                          float qmin, float qmax) {
-    avx2::ForEachBlock<16>(
+                                          int64_t count, const Row& r) {
+    avx2::MapValues16(
         x, out, count,
-        Block16{avx2::MakeLevelConstants(reciprocal, zero, qmin, qmax), _mm256_set1_ps(scale)});
+        Values8{avx2::MakeLevelConstants(r.k.reciprocal, r.k.zero_point, r.qmin, r.qmax),
+                _mm256_set1_ps(r.k.scale)});
   }
 #endif
-};
-
-// Fake quantization with a given scale of the flat elements [begin, end),
-// row piece by row piece.
-template <typename XT, typename ScaleT>
-struct FakeQuantizeKernel {
-  template <bool kAvx2>
-  static JDQ_ALWAYS_INLINE void Run(const FakeQuantizeProblem* p, int64_t begin, int64_t end) {
-    using C = ComputeType<ScaleT, XT>;
-    const XT* x = static_cast<const XT*>(p->x);
-    const ScaleT* scale = static_cast<const ScaleT*>(p->scale);
-    XT* out = static_cast<XT*>(p->out);
-    const C qmin = static_cast<C>(p->qmin);
-    const C qmax = static_cast<C>(p->qmax);
-    for (RowPieces piece(p->cols, begin, end); piece.count > 0; piece.Next()) {
-      const auto k = LoadRow<C>(scale, p->zero_point, piece.row);
-      RunSpan<kAvx2, FakeQuantizeSpan<XT, C>>(x + piece.element, out + piece.element, piece.count,
-                                              k.reciprocal, k.zero_point, k.scale, qmin, qmax);
-    }
-  }
 };
 
 // The dynamic forward of rows [begin, end): the row's range and dynamic
@@ -139,7 +128,8 @@ struct FakeQuantizeDynamicKernel {
   template <bool kAvx2>
   static JDQ_ALWAYS_INLINE void Run(const FakeQuantizeDynamicProblem* p, int64_t begin,
                                     int64_t end) {
-    using C = ComputeType<float, XT>;
+    using Map = FakeQuantizeMap<XT, float>;
+    using C = typename Map::C;
     const XT* x = static_cast<const XT*>(p->x);
     XT* out = static_cast<XT*>(p->out);
     const C qmin = static_cast<C>(p->qmin);
@@ -152,10 +142,11 @@ struct FakeQuantizeDynamicKernel {
       const auto choice = ChooseRow<float>(lo, hi, p->symmetric, qmin, qmax, range);
       p->scale[row] = choice.stored_scale;
       p->zero_point[row] = choice.zero_point;
-      RunSpan<kAvx2, FakeQuantizeSpan<XT, C>>(x_row, out + row * p->cols, p->cols,
-                                              reciprocal_rn(choice.scale),
-                                              static_cast<C>(choice.zero_point), choice.scale,
-                                              qmin, qmax);
+      const typename Map::Row r{
+          {choice.scale, reciprocal_rn(choice.scale), static_cast<C>(choice.zero_point)},
+          qmin,
+          qmax};
+      RunSpan<kAvx2, Map>(x_row, out + row * p->cols, p->cols, r);
     }
   }
 };
@@ -238,11 +229,7 @@ std::string FakeQuantize(const FakeQuantizeProblem& p, TaskRunner* runner) {
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
-    const FakeQuantizeProblem problem = p;
-    ParallelFor(p.rows * p.cols, runner, [problem](int64_t begin, int64_t end) {
-      PrefaultForWriting(static_cast<XT*>(problem.out) + begin, (end - begin) * sizeof(XT));
-      RunForIsa<FakeQuantizeKernel<XT, ScaleT>>(&problem, begin, end);
-    });
+    RunRowMap<FakeQuantizeMap<XT, ScaleT>>(p, p.x, p.out, runner);
     return std::string();
   });
 }

@@ -19,15 +19,33 @@
 namespace jdq::cpu {
 namespace {
 
-// q[i] = clamp(rne(C(x[i]) * reciprocal + zero), qmin, qmax) over one piece of a row.
-template <typename XT, typename QT, typename C>
-struct QuantizeSpan {
+// The row-wise map of static quantization (cpu_parallel.h):
+// q[i] = clamp(rne(C(x[i]) * reciprocal + zero), qmin, qmax).
+template <typename XT, typename ScaleT, typename QT>
+struct QuantizeMap {
+  using In = XT;
+  using Out = QT;
+  using C = ComputeType<ScaleT, XT>;
+  struct Row {
+    C reciprocal;
+    C zero;
+    C qmin;
+    C qmax;
+  };
+
+  static JDQ_ALWAYS_INLINE Row ForRow(const QuantizeProblem& p, int64_t row) {
+    const ScaleT* scale = static_cast<const ScaleT*>(p.scale);
+    return {reciprocal_rn(Convert<ScaleT>::template ToCompute<C>(scale[row])),
+            p.zero_point != nullptr ? static_cast<C>(p.zero_point[row]) : C(0),
+            static_cast<C>(p.qmin), static_cast<C>(p.qmax)};
+  }
+
   // A plain loop the compiler vectorizes.
   static JDQ_ALWAYS_INLINE void Scalar(const XT* __restrict x, QT* __restrict q, int64_t count,
-                                       C reciprocal, C zero, C qmin, C qmax) {
+                                       const Row& k) {
     for (int64_t i = 0; i < count; ++i) {
       const C value = Convert<XT>::template ToCompute<C>(x[i]);
-      q[i] = static_cast<QT>(quantize_value(value, reciprocal, zero, qmin, qmax));
+      q[i] = static_cast<QT>(quantize_value(value, k.reciprocal, k.zero, k.qmin, k.qmax));
     }
   }
 
@@ -46,31 +64,11 @@ struct QuantizeSpan {
   };
 
   static JDQ_TARGET_AVX2 inline void Avx2(const XT* __restrict x, QT* __restrict q, int64_t count,
-                                          float reciprocal, float zero, float qmin, float qmax) {
-    avx2::ForEachBlock<32>(x, q, count,
-                           Block32{avx2::MakeLevelConstants(reciprocal, zero, qmin, qmax)});
+                                          const Row& k) {
+    avx2::ForEachBlock<32>(
+        x, q, count, Block32{avx2::MakeLevelConstants(k.reciprocal, k.zero, k.qmin, k.qmax)});
   }
 #endif
-};
-
-// Static quantization of the flat elements [begin, end), row piece by row piece.
-template <typename XT, typename ScaleT, typename QT>
-struct QuantizeKernel {
-  template <bool kAvx2>
-  static JDQ_ALWAYS_INLINE void Run(const QuantizeProblem* p, int64_t begin, int64_t end) {
-    using C = ComputeType<ScaleT, XT>;
-    const XT* x = static_cast<const XT*>(p->x);
-    const ScaleT* scale = static_cast<const ScaleT*>(p->scale);
-    QT* q = static_cast<QT*>(p->q);
-    const C qmin = static_cast<C>(p->qmin);
-    const C qmax = static_cast<C>(p->qmax);
-    for (RowPieces piece(p->cols, begin, end); piece.count > 0; piece.Next()) {
-      const C reciprocal = reciprocal_rn(Convert<ScaleT>::template ToCompute<C>(scale[piece.row]));
-      const C zero = p->zero_point != nullptr ? static_cast<C>(p->zero_point[piece.row]) : C(0);
-      RunSpan<kAvx2, QuantizeSpan<XT, QT, C>>(x + piece.element, q + piece.element, piece.count,
-                                              reciprocal, zero, qmin, qmax);
-    }
-  }
 };
 
 // Dynamic quantization of rows [begin, end): per row the range, the scale
@@ -80,7 +78,8 @@ template <typename XT, typename ScaleT, typename QT>
 struct QuantizeDynamicKernel {
   template <bool kAvx2>
   static JDQ_ALWAYS_INLINE void Run(const DynamicQuantizeProblem* p, int64_t begin, int64_t end) {
-    using C = ComputeType<ScaleT, XT>;
+    using Map = QuantizeMap<XT, ScaleT, QT>;
+    using C = typename Map::C;
     const XT* x = static_cast<const XT*>(p->x);
     QT* q = static_cast<QT*>(p->q);
     ScaleT* scale = static_cast<ScaleT*>(p->scale);
@@ -94,9 +93,9 @@ struct QuantizeDynamicKernel {
       const auto choice = ChooseRow<ScaleT>(lo, hi, p->symmetric, qmin, qmax, range);
       scale[row] = choice.stored_scale;
       p->zero_point[row] = choice.zero_point;
-      RunSpan<kAvx2, QuantizeSpan<XT, QT, C>>(x_row, q + row * p->cols, p->cols,
-                                              reciprocal_rn(choice.scale),
-                                              static_cast<C>(choice.zero_point), qmin, qmax);
+      const typename Map::Row k{reciprocal_rn(choice.scale), static_cast<C>(choice.zero_point),
+                                qmin, qmax};
+      RunSpan<kAvx2, Map>(x_row, q + row * p->cols, p->cols, k);
     }
   }
 };
@@ -111,11 +110,7 @@ std::string Quantize(const QuantizeProblem& p, TaskRunner* runner) {
         using XT = typename decltype(x_tag)::type;
         using ScaleT = typename decltype(scale_tag)::type;
         using QT = typename decltype(q_tag)::type;
-        const QuantizeProblem problem = p;
-        ParallelFor(p.rows * p.cols, runner, [problem](int64_t begin, int64_t end) {
-          PrefaultForWriting(static_cast<QT*>(problem.q) + begin, (end - begin) * sizeof(QT));
-          RunForIsa<QuantizeKernel<XT, ScaleT, QT>>(&problem, begin, end);
-        });
+        RunRowMap<QuantizeMap<XT, ScaleT, QT>>(p, p.x, p.q, runner);
         return std::string();
       });
 }

@@ -196,6 +196,26 @@ JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE void ForEachBlock(const In* in, Out* out, int6
   }
 }
 
+// A float-valued map in blocks of 16: values(in) gives the 8 float32 results
+// of in[0..7], stored (rounded once) as Out; the last 1..15 padded.
+template <typename Values>
+struct StoreValues16 {
+  Values values;
+  template <typename In, typename Out>
+  JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE void operator()(const In* in, Out* out) const {
+    const __m256 low = values(in);
+    const __m256 high = values(in + 8);
+    Store8(out, low);
+    Store8(out + 8, high);
+  }
+};
+
+template <typename In, typename Out, typename Values>
+JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE void MapValues16(const In* in, Out* out, int64_t count,
+                                                   const Values& values) {
+  ForEachBlock<16>(in, out, count, StoreValues16<Values>{values});
+}
+
 }  // namespace avx2
 #endif  // JDQ_CPU_AVX2
 
