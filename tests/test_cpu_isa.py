@@ -72,8 +72,9 @@ def _x(rng, shape, dtype, specials=True) -> np.ndarray:
     if specials:
         flat = x.reshape(-1)
         special = _special_values(dtype)
-        where = rng.choice(flat.size, size=min(flat.size, 3 * special.size + flat.size // 50),
-                           replace=False)
+        where = rng.choice(
+            flat.size, size=min(flat.size, 3 * special.size + flat.size // 50), replace=False
+        )
         flat[where] = special[np.arange(where.size) % special.size]
     return x
 
@@ -111,8 +112,13 @@ def test_quantize(cpu_isa, shape, x_dtype, q_dtype, zero_point):
     x = _x(rng, shape, x_dtype)
     scale = _scale(rng, shape[0], "float32" if zero_point else x_dtype)
     zp = rng.integers(0, 256, size=shape[0]).astype(np.int32) if zero_point else None
-    _check(jdq.quantize_per_token, jdq.reference.quantize_per_token, (x, scale, zp),
-           dict(dtype=np.dtype(q_dtype)), f"{cpu_isa} {shape} {x_dtype} -> {q_dtype}")
+    _check(
+        jdq.quantize_per_token,
+        jdq.reference.quantize_per_token,
+        (x, scale, zp),
+        dict(dtype=np.dtype(q_dtype)),
+        f"{cpu_isa} {shape} {x_dtype} -> {q_dtype}",
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -123,8 +129,13 @@ def test_fake_quantize_with_scale(cpu_isa, shape, x_dtype, zero_point):
     x = _x(rng, shape, x_dtype)
     scale = _scale(rng, shape[0], x_dtype if zero_point else "float32")
     zp = rng.integers(-128, 128, size=shape[0]).astype(np.int32) if zero_point else None
-    _check(jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token, (x, scale, zp),
-           dict(dtype=np.int8), f"{cpu_isa} {shape} {x_dtype} zp={zero_point}")
+    _check(
+        jdq.fake_quantize_per_token,
+        jdq.reference.fake_quantize_per_token,
+        (x, scale, zp),
+        dict(dtype=np.int8),
+        f"{cpu_isa} {shape} {x_dtype} zp={zero_point}",
+    )
 
 
 def _dynamic_rows(rng, shape, dtype) -> np.ndarray:
@@ -143,7 +154,8 @@ def _dynamic_rows(rng, shape, dtype) -> np.ndarray:
             x[row, rng.integers(shape[1])] = -np.inf
         elif kind == 4:
             x[row] = np.asarray(info.smallest_subnormal, dtype) * rng.integers(
-                -3, 4, size=shape[1]).astype(dtype)
+                -3, 4, size=shape[1]
+            ).astype(dtype)
         elif kind == 5:
             x[row] = np.abs(x[row])
     return x
@@ -151,18 +163,25 @@ def _dynamic_rows(rng, shape, dtype) -> np.ndarray:
 
 @pytest.mark.parametrize("shape", [(13, 33), (7, 4097), (40, 4099), (300, 1001)])
 @pytest.mark.parametrize("x_dtype", FLOATS)
-@pytest.mark.parametrize("q_dtype,symmetric,scale_dtype", [
-    ("int8", True, "float32"),
-    ("uint8", False, "float32"),
-    ("int8", False, "bfloat16"),
-    ("int8", True, "float16"),
-])
+@pytest.mark.parametrize(
+    "q_dtype,symmetric,scale_dtype",
+    [
+        ("int8", True, "float32"),
+        ("uint8", False, "float32"),
+        ("int8", False, "bfloat16"),
+        ("int8", True, "float16"),
+    ],
+)
 def test_quantize_dynamic(cpu_isa, shape, x_dtype, q_dtype, symmetric, scale_dtype):
     rng = np.random.default_rng(sum(shape) + 2)
     x = _dynamic_rows(rng, shape, x_dtype)
-    _check(jdq.quantize_per_token_dynamic, jdq.reference.quantize_per_token_dynamic, (x,),
-           dict(dtype=np.dtype(q_dtype), symmetric=symmetric, scale_dtype=np.dtype(scale_dtype)),
-           f"{cpu_isa} {shape} {x_dtype} -> {q_dtype} sym={symmetric} scale={scale_dtype}")
+    _check(
+        jdq.quantize_per_token_dynamic,
+        jdq.reference.quantize_per_token_dynamic,
+        (x,),
+        dict(dtype=np.dtype(q_dtype), symmetric=symmetric, scale_dtype=np.dtype(scale_dtype)),
+        f"{cpu_isa} {shape} {x_dtype} -> {q_dtype} sym={symmetric} scale={scale_dtype}",
+    )
 
 
 @pytest.mark.parametrize("shape", [(13, 33), (7, 4097), (300, 1001)])
@@ -171,8 +190,13 @@ def test_quantize_dynamic(cpu_isa, shape, x_dtype, q_dtype, symmetric, scale_dty
 def test_fake_quantize_dynamic(cpu_isa, shape, x_dtype, q_dtype):
     rng = np.random.default_rng(sum(shape) + 3)
     x = _dynamic_rows(rng, shape, x_dtype)
-    _check(jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token, (x,),
-           dict(dtype=np.dtype(q_dtype)), f"{cpu_isa} {shape} {x_dtype} dynamic {q_dtype}")
+    _check(
+        jdq.fake_quantize_per_token,
+        jdq.reference.fake_quantize_per_token,
+        (x,),
+        dict(dtype=np.dtype(q_dtype)),
+        f"{cpu_isa} {shape} {x_dtype} dynamic {q_dtype}",
+    )
 
 
 @pytest.mark.parametrize("x_dtype", FLOATS)
@@ -186,10 +210,20 @@ def test_custom_ranges_clamp(cpu_isa, x_dtype):
         (jdq.quantize_per_token, jdq.reference.quantize_per_token),
         (jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token),
     ]:
-        _check(fn, reference, (x, scale, zp), dict(dtype=np.uint8, qmin=3, qmax=12),
-               f"{cpu_isa} {fn.__name__} uint8 [3, 12]")
-        _check(fn, reference, (x, scale, None), dict(dtype=np.int8, qmin=-7, qmax=7),
-               f"{cpu_isa} {fn.__name__} int8 [-7, 7]")
+        _check(
+            fn,
+            reference,
+            (x, scale, zp),
+            dict(dtype=np.uint8, qmin=3, qmax=12),
+            f"{cpu_isa} {fn.__name__} uint8 [3, 12]",
+        )
+        _check(
+            fn,
+            reference,
+            (x, scale, None),
+            dict(dtype=np.int8, qmin=-7, qmax=7),
+            f"{cpu_isa} {fn.__name__} int8 [-7, 7]",
+        )
 
 
 @pytest.mark.parametrize("out_dtype", FLOATS)
@@ -201,8 +235,13 @@ def test_dequantize(cpu_isa, out_dtype, q_dtype, zero_point):
     q = rng.integers(low, high, size=shape).astype(q_dtype)
     scale = _scale(rng, shape[0], "float32")
     zp = rng.integers(-300, 300, size=shape[0]).astype(np.int32) if zero_point else None
-    _check(jdq.dequantize_per_token, jdq.reference.dequantize_per_token, (q, scale, zp),
-           dict(out_dtype=np.dtype(out_dtype)), f"{cpu_isa} {q_dtype} -> {out_dtype}")
+    _check(
+        jdq.dequantize_per_token,
+        jdq.reference.dequantize_per_token,
+        (q, scale, zp),
+        dict(out_dtype=np.dtype(out_dtype)),
+        f"{cpu_isa} {q_dtype} -> {out_dtype}",
+    )
 
 
 @pytest.mark.parametrize("x_dtype", ["float64", "float32"])
@@ -213,16 +252,32 @@ def test_float64_compute_runs_the_scalar_loops(cpu_isa, x_dtype):
     x = _x(rng, (6, 1001), x_dtype)
     scale = _scale(rng, 6, "float64")
     if x_dtype == "float64":
-        _check(jdq.quantize_per_token, jdq.reference.quantize_per_token, (x, scale, None),
-               dict(dtype=np.int8), f"{cpu_isa} float64 quantize")
-        _check(jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token,
-               (x, scale, None), dict(dtype=np.int8), f"{cpu_isa} float64 fake quantize")
-    _check(jdq.quantize_per_token_dynamic, jdq.reference.quantize_per_token_dynamic, (x,),
-           dict(dtype=np.int8, symmetric=False, scale_dtype=np.float64),
-           f"{cpu_isa} {x_dtype} dynamic, float64 scale")
+        _check(
+            jdq.quantize_per_token,
+            jdq.reference.quantize_per_token,
+            (x, scale, None),
+            dict(dtype=np.int8),
+            f"{cpu_isa} float64 quantize",
+        )
+        _check(
+            jdq.fake_quantize_per_token,
+            jdq.reference.fake_quantize_per_token,
+            (x, scale, None),
+            dict(dtype=np.int8),
+            f"{cpu_isa} float64 fake quantize",
+        )
+    _check(
+        jdq.quantize_per_token_dynamic,
+        jdq.reference.quantize_per_token_dynamic,
+        (x,),
+        dict(dtype=np.int8, symmetric=False, scale_dtype=np.float64),
+        f"{cpu_isa} {x_dtype} dynamic, float64 scale",
+    )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_random_rows(cpu_isa, data):
     """Random shapes, dtypes and values (any float bits) for all four ops."""
@@ -239,11 +294,31 @@ def test_random_rows(cpu_isa, data):
     scale = _scale(rng, rows, "float32")
     zp = rng.integers(0, 256, size=rows).astype(np.int32)
     context = f"{cpu_isa} {x_dtype} ({rows}, {cols}) seed {seed}"
-    _check(jdq.quantize_per_token, jdq.reference.quantize_per_token, (x, scale, zp),
-           dict(dtype=np.uint8), context)
-    _check(jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token, (x, scale, zp),
-           dict(dtype=np.uint8), context)
-    _check(jdq.quantize_per_token_dynamic, jdq.reference.quantize_per_token_dynamic, (x,),
-           dict(dtype=np.int8, symmetric=True), context)
-    _check(jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token, (x,),
-           dict(dtype=np.uint8), context)
+    _check(
+        jdq.quantize_per_token,
+        jdq.reference.quantize_per_token,
+        (x, scale, zp),
+        dict(dtype=np.uint8),
+        context,
+    )
+    _check(
+        jdq.fake_quantize_per_token,
+        jdq.reference.fake_quantize_per_token,
+        (x, scale, zp),
+        dict(dtype=np.uint8),
+        context,
+    )
+    _check(
+        jdq.quantize_per_token_dynamic,
+        jdq.reference.quantize_per_token_dynamic,
+        (x,),
+        dict(dtype=np.int8, symmetric=True),
+        context,
+    )
+    _check(
+        jdq.fake_quantize_per_token,
+        jdq.reference.fake_quantize_per_token,
+        (x,),
+        dict(dtype=np.uint8),
+        context,
+    )
