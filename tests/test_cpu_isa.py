@@ -97,9 +97,10 @@ def _run(fn, *args, **kwargs):
         return jax.jit(lambda *a: fn(*a, **kwargs))(*placed)
 
 
-def _check(ours, reference, args, kwargs, context):
-    got = _run(ours, *args, **kwargs)
-    want = _run(reference, *args, **kwargs)
+def _check(op, args, kwargs, context):
+    """Our ``op`` against the reference's ``op``, bit for bit, on the CPU."""
+    got = _run(getattr(jdq, op), *args, **kwargs)
+    want = _run(getattr(jdq.reference, op), *args, **kwargs)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert_bitwise_equal(g, w, context)
 
@@ -113,8 +114,7 @@ def test_quantize(cpu_isa, shape, x_dtype, q_dtype, zero_point):
     scale = _scale(rng, shape[0], "float32" if zero_point else x_dtype)
     zp = rng.integers(0, 256, size=shape[0]).astype(np.int32) if zero_point else None
     _check(
-        jdq.quantize_per_token,
-        jdq.reference.quantize_per_token,
+        "quantize_per_token",
         (x, scale, zp),
         dict(dtype=np.dtype(q_dtype)),
         f"{cpu_isa} {shape} {x_dtype} -> {q_dtype}",
@@ -130,8 +130,7 @@ def test_fake_quantize_with_scale(cpu_isa, shape, x_dtype, zero_point):
     scale = _scale(rng, shape[0], x_dtype if zero_point else "float32")
     zp = rng.integers(-128, 128, size=shape[0]).astype(np.int32) if zero_point else None
     _check(
-        jdq.fake_quantize_per_token,
-        jdq.reference.fake_quantize_per_token,
+        "fake_quantize_per_token",
         (x, scale, zp),
         dict(dtype=np.int8),
         f"{cpu_isa} {shape} {x_dtype} zp={zero_point}",
@@ -176,8 +175,7 @@ def test_quantize_dynamic(cpu_isa, shape, x_dtype, q_dtype, symmetric, scale_dty
     rng = np.random.default_rng(sum(shape) + 2)
     x = _dynamic_rows(rng, shape, x_dtype)
     _check(
-        jdq.quantize_per_token_dynamic,
-        jdq.reference.quantize_per_token_dynamic,
+        "quantize_per_token_dynamic",
         (x,),
         dict(dtype=np.dtype(q_dtype), symmetric=symmetric, scale_dtype=np.dtype(scale_dtype)),
         f"{cpu_isa} {shape} {x_dtype} -> {q_dtype} sym={symmetric} scale={scale_dtype}",
@@ -191,8 +189,7 @@ def test_fake_quantize_dynamic(cpu_isa, shape, x_dtype, q_dtype):
     rng = np.random.default_rng(sum(shape) + 3)
     x = _dynamic_rows(rng, shape, x_dtype)
     _check(
-        jdq.fake_quantize_per_token,
-        jdq.reference.fake_quantize_per_token,
+        "fake_quantize_per_token",
         (x,),
         dict(dtype=np.dtype(q_dtype)),
         f"{cpu_isa} {shape} {x_dtype} dynamic {q_dtype}",
@@ -206,23 +203,18 @@ def test_custom_ranges_clamp(cpu_isa, x_dtype):
     x = _x(rng, (9, 1027), x_dtype)
     scale = _scale(rng, 9, "float32")
     zp = rng.integers(3, 10, size=9).astype(np.int32)
-    for fn, reference in [
-        (jdq.quantize_per_token, jdq.reference.quantize_per_token),
-        (jdq.fake_quantize_per_token, jdq.reference.fake_quantize_per_token),
-    ]:
+    for op in ["quantize_per_token", "fake_quantize_per_token"]:
         _check(
-            fn,
-            reference,
+            op,
             (x, scale, zp),
             dict(dtype=np.uint8, qmin=3, qmax=12),
-            f"{cpu_isa} {fn.__name__} uint8 [3, 12]",
+            f"{cpu_isa} {op} uint8 [3, 12]",
         )
         _check(
-            fn,
-            reference,
+            op,
             (x, scale, None),
             dict(dtype=np.int8, qmin=-7, qmax=7),
-            f"{cpu_isa} {fn.__name__} int8 [-7, 7]",
+            f"{cpu_isa} {op} int8 [-7, 7]",
         )
 
 
@@ -236,8 +228,7 @@ def test_dequantize(cpu_isa, out_dtype, q_dtype, zero_point):
     scale = _scale(rng, shape[0], "float32")
     zp = rng.integers(-300, 300, size=shape[0]).astype(np.int32) if zero_point else None
     _check(
-        jdq.dequantize_per_token,
-        jdq.reference.dequantize_per_token,
+        "dequantize_per_token",
         (q, scale, zp),
         dict(out_dtype=np.dtype(out_dtype)),
         f"{cpu_isa} {q_dtype} -> {out_dtype}",
@@ -253,22 +244,19 @@ def test_float64_compute_runs_the_scalar_loops(cpu_isa, x_dtype):
     scale = _scale(rng, 6, "float64")
     if x_dtype == "float64":
         _check(
-            jdq.quantize_per_token,
-            jdq.reference.quantize_per_token,
+            "quantize_per_token",
             (x, scale, None),
             dict(dtype=np.int8),
             f"{cpu_isa} float64 quantize",
         )
         _check(
-            jdq.fake_quantize_per_token,
-            jdq.reference.fake_quantize_per_token,
+            "fake_quantize_per_token",
             (x, scale, None),
             dict(dtype=np.int8),
             f"{cpu_isa} float64 fake quantize",
         )
     _check(
-        jdq.quantize_per_token_dynamic,
-        jdq.reference.quantize_per_token_dynamic,
+        "quantize_per_token_dynamic",
         (x,),
         dict(dtype=np.int8, symmetric=False, scale_dtype=np.float64),
         f"{cpu_isa} {x_dtype} dynamic, float64 scale",
@@ -295,29 +283,25 @@ def test_random_rows(cpu_isa, data):
     zp = rng.integers(0, 256, size=rows).astype(np.int32)
     context = f"{cpu_isa} {x_dtype} ({rows}, {cols}) seed {seed}"
     _check(
-        jdq.quantize_per_token,
-        jdq.reference.quantize_per_token,
+        "quantize_per_token",
         (x, scale, zp),
         dict(dtype=np.uint8),
         context,
     )
     _check(
-        jdq.fake_quantize_per_token,
-        jdq.reference.fake_quantize_per_token,
+        "fake_quantize_per_token",
         (x, scale, zp),
         dict(dtype=np.uint8),
         context,
     )
     _check(
-        jdq.quantize_per_token_dynamic,
-        jdq.reference.quantize_per_token_dynamic,
+        "quantize_per_token_dynamic",
         (x,),
         dict(dtype=np.int8, symmetric=True),
         context,
     )
     _check(
-        jdq.fake_quantize_per_token,
-        jdq.reference.fake_quantize_per_token,
+        "fake_quantize_per_token",
         (x,),
         dict(dtype=np.uint8),
         context,
