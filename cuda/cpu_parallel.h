@@ -1,6 +1,7 @@
 // Running CPU kernels fast: splitting work over XLA's intra-op threads (each
-// task in the floating-point mode of cpu_flush.h) and prefaulting large
-// outputs. For every CPU kernel; includes no XLA header.
+// task in the floating-point mode of cpu_flush.h), prefaulting large outputs,
+// and the row-wise maps built on both (RunRowMap). For every CPU kernel;
+// includes no XLA header.
 #ifndef JAX_DEQUANT_CPU_PARALLEL_H_
 #define JAX_DEQUANT_CPU_PARALLEL_H_
 

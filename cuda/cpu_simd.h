@@ -1,8 +1,9 @@
 // The instruction sets of the CPU kernels: loops are compiled for the build's
 // baseline ISA and, on x86-64, for AVX2 + F16C, and one is chosen at run time
-// (UseAvx2). The AVX2 building blocks shared by the kernels live here: 8-lane
-// loads and stores of every float storage type, and the quantized level of 8
-// values. No FMA anywhere: the numerics forbid contraction (the library is
+// (UseAvx2, RunForIsa, RunSpan). The AVX2 building blocks shared by the
+// kernels live here: 8-lane loads and stores of every storage type, the
+// quantized level of 8 values, the padded tail block, and the row pieces of a
+// flat element range (RowPieces). No FMA anywhere: the numerics forbid contraction (the library is
 // built with -ffp-contract=off as well). Each lane computes exactly the scalar
 // expression of numerics.h, under the same flush-to-zero mode (cpu_flush.h).
 #ifndef JAX_DEQUANT_CPU_SIMD_H_
