@@ -1,20 +1,25 @@
 // CPU kernels of fake_quantize_per_token: the forward with a given or a
 // dynamically chosen scale, the tangent, and the backward pass.
 //
-// Plain row loops; per-element work has no data-dependent control flow so the
-// compiler vectorizes it. Reductions (the dynamic row min/max, the dscale sum)
-// run kLanes independent accumulators over the columns (column c goes to
-// lane c % kLanes, in column order) and combine the lanes in a fixed tree, so
-// they vectorize and are deterministic. Subnormals are flushed as by XLA:CPU.
-#include <cfloat>
+// The forward passes run over XLA's threads, with row loops compiled for the
+// baseline ISA and for AVX2 + F16C (chosen at run time, cpu_simd.h); the
+// dynamic forward chooses its row scales as dynamic quantization does
+// (cpu_dynamic_row.h). The tangent and backward passes are plain row loops;
+// per-element work has no data-dependent control flow so the compiler
+// vectorizes it. The dscale sum runs kLanes independent accumulators over the
+// columns (column c goes to lane c % kLanes, in column order) and combines the
+// lanes in a fixed tree, so it vectorizes and is deterministic. Subnormals are
+// flushed as by XLA:CPU.
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <type_traits>
 
+#include "cpu_dynamic_row.h"
 #include "cpu_flush.h"
 #include "cpu_kernels.h"
 #include "cpu_parallel.h"
+#include "cpu_simd.h"
 #include "cpu_types.h"
 #include "dispatch.h"
 #include "numerics.h"
@@ -61,78 +66,90 @@ RowConstants<C> LoadRow(const ScaleT* scale, const int32_t* zero_point, int64_t 
           zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0)};
 }
 
+// The row-wise map of fake quantization with a given scale (cpu_parallel.h):
+// out[i] = to_x(fake_quantize_value(C(x[i]), reciprocal, zero, scale, qmin, qmax)).
 template <typename XT, typename ScaleT>
-void FakeQuantizeRows(const XT* __restrict x, const ScaleT* __restrict scale,
-                      const int32_t* __restrict zero_point, XT* __restrict out, int64_t rows,
-                      int64_t cols, int32_t range_min, int32_t range_max) {
+struct FakeQuantizeMap {
+  using In = XT;
+  using Out = XT;
   using C = ComputeType<ScaleT, XT>;
-  const C qmin = static_cast<C>(range_min);
-  const C qmax = static_cast<C>(range_max);
-  for (int64_t row = 0; row < rows; ++row) {
-    const auto k = LoadRow<C>(scale, zero_point, row);
-    const XT* x_row = x + row * cols;
-    XT* out_row = out + row * cols;
-    for (int64_t col = 0; col < cols; ++col) {
-      const C value = Convert<XT>::template ToCompute<C>(x_row[col]);
-      out_row[col] = Convert<XT>::template FromCompute<C>(
-          fake_quantize_value(value, k.reciprocal, k.zero_point, k.scale, qmin, qmax));
+  struct Row {
+    RowConstants<C> k;
+    C qmin;
+    C qmax;
+  };
+
+  static JDQ_ALWAYS_INLINE Row ForRow(const FakeQuantizeProblem& p, int64_t row) {
+    return {LoadRow<C>(static_cast<const ScaleT*>(p.scale), p.zero_point, row),
+            static_cast<C>(p.qmin), static_cast<C>(p.qmax)};
+  }
+
+  // A plain loop the compiler vectorizes.
+  static JDQ_ALWAYS_INLINE void Scalar(const XT* __restrict x, XT* __restrict out, int64_t count,
+                                       const Row& r) {
+    for (int64_t i = 0; i < count; ++i) {
+      const C value = Convert<XT>::template ToCompute<C>(x[i]);
+      out[i] = Convert<XT>::template FromCompute<C>(fake_quantize_value(
+          value, r.k.reciprocal, r.k.zero_point, r.k.scale, r.qmin, r.qmax));
     }
   }
-}
 
-// The dynamic choice (as numerics.h and reference.choose_scale): lo/hi of the
-// row widened to include 0, the scale in C stored as float32, the zero point
-// from the stored scale; then the row is fake quantized with them.
+#if JDQ_CPU_AVX2
+  // float32, bfloat16 or float16 x with a float32 compute type: the level of
+  // avx2::Levels8, then (level + 0 - zp) * scale, 16 values a step
+  // (avx2::MapValues16).
+  static constexpr bool kHasAvx2 = std::is_same_v<C, float> && avx2::kIsFloat32Storage<XT>;
+
+  // 8 results: the level + 0 (no -0), minus the zero point, times the scale.
+  struct Values8 {
+    avx2::LevelConstants k;
+    __m256 scale;
+    JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE __m256 operator()(const XT* x) const {
+      const __m256 level = _mm256_add_ps(avx2::Levels8(avx2::Load8(x), k), _mm256_setzero_ps());
+      return _mm256_mul_ps(_mm256_sub_ps(level, k.zero_point), scale);
+    }
+  };
+
+  static JDQ_TARGET_AVX2 inline void Avx2(const XT* __restrict x, XT* __restrict out,
+                                          int64_t count, const Row& r) {
+    avx2::MapValues16(
+        x, out, count,
+        Values8{avx2::MakeLevelConstants(r.k.reciprocal, r.k.zero_point, r.qmin, r.qmax),
+                _mm256_set1_ps(r.k.scale)});
+  }
+#endif
+};
+
+// The dynamic forward of rows [begin, end): the row's range and dynamic
+// choice (cpu_dynamic_row.h, the scale stored as float32, as
+// reference.choose_scale), then the row fake quantized with them.
 template <typename XT>
-void FakeQuantizeDynamicRows(const XT* __restrict x, XT* __restrict out, float* __restrict scale,
-                             int32_t* __restrict zero_point, int64_t rows, int64_t cols,
-                             int32_t range_min, int32_t range_max, bool symmetric) {
-  using C = ComputeType<float, XT>;
-  const C qmin = static_cast<C>(range_min);
-  const C qmax = static_cast<C>(range_max);
-  // reference.scale_bounds for a float32 scale: [FLT_MIN, min(FLT_MAX, 1 / min normal of C)].
-  const C smallest_normal = static_cast<C>(FLT_MIN);
-  const C largest = std::is_same_v<C, float> ? C(1) / C(FLT_MIN) : static_cast<C>(FLT_MAX);
-  for (int64_t row = 0; row < rows; ++row) {
-    const XT* x_row = x + row * cols;
-    XT* out_row = out + row * cols;
-    C lo_lanes[kLanes], hi_lanes[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) lo_lanes[lane] = hi_lanes[lane] = C(0);
-    const int64_t full = cols - cols % kLanes;
-    for (int64_t col = 0; col < full; col += kLanes) {
-      for (int lane = 0; lane < kLanes; ++lane) {
-        const C value = Convert<XT>::template ToCompute<C>(x_row[col + lane]);
-        lo_lanes[lane] = min_propagate_nan(lo_lanes[lane], value);
-        hi_lanes[lane] = max_propagate_nan(hi_lanes[lane], value);
-      }
-    }
-    for (int64_t col = full; col < cols; ++col) {
-      const C value = Convert<XT>::template ToCompute<C>(x_row[col]);
-      lo_lanes[col - full] = min_propagate_nan(lo_lanes[col - full], value);
-      hi_lanes[col - full] = max_propagate_nan(hi_lanes[col - full], value);
-    }
-    const C lo = CombineLanes(lo_lanes, [](C a, C b) { return min_propagate_nan(a, b); });
-    const C hi = CombineLanes(hi_lanes, [](C a, C b) { return max_propagate_nan(a, b); });
-
-    const C chosen = symmetric
-                         ? symmetric_scale(max_propagate_nan(hi, -lo), qmax, smallest_normal, largest)
-                         : asymmetric_scale(lo, hi, qmin, qmax, smallest_normal, largest);
-    const float stored = static_cast<float>(chosen);
-    const C row_scale = static_cast<C>(stored);
-    const int32_t row_zero_point =
-        symmetric ? 0 : asymmetric_zero_point(lo, hi, row_scale, qmin, qmax);
-    scale[row] = stored;
-    zero_point[row] = row_zero_point;
-
-    const C reciprocal = reciprocal_rn(row_scale);
-    const C zero = static_cast<C>(row_zero_point);
-    for (int64_t col = 0; col < cols; ++col) {
-      const C value = Convert<XT>::template ToCompute<C>(x_row[col]);
-      out_row[col] = Convert<XT>::template FromCompute<C>(
-          fake_quantize_value(value, reciprocal, zero, row_scale, qmin, qmax));
+struct FakeQuantizeDynamicKernel {
+  template <bool kAvx2>
+  static JDQ_ALWAYS_INLINE void Run(const FakeQuantizeDynamicProblem* p, int64_t begin,
+                                    int64_t end) {
+    using Map = FakeQuantizeMap<XT, float>;
+    using C = typename Map::C;
+    const XT* x = static_cast<const XT*>(p->x);
+    XT* out = static_cast<XT*>(p->out);
+    const C qmin = static_cast<C>(p->qmin);
+    const C qmax = static_cast<C>(p->qmax);
+    const ScaleRange<C> range = ScaleRangeFor<C>(DType::kF32);
+    for (int64_t row = begin; row < end; ++row) {
+      const XT* x_row = x + row * p->cols;
+      C lo, hi;
+      RowRange<kAvx2>(x_row, p->cols, lo, hi);
+      const auto choice = ChooseRow<float>(lo, hi, p->symmetric, qmin, qmax, range);
+      p->scale[row] = choice.stored_scale;
+      p->zero_point[row] = choice.zero_point;
+      const typename Map::Row r{
+          {choice.scale, reciprocal_rn(choice.scale), static_cast<C>(choice.zero_point)},
+          qmin,
+          qmax};
+      RunSpan<kAvx2, Map>(x_row, out + row * p->cols, p->cols, r);
     }
   }
-}
+};
 
 template <typename XT, typename ScaleT, bool kHasTangentX, bool kHasTangentScale>
 void FakeQuantizeTangentRows(const XT* __restrict x, const ScaleT* __restrict scale,
@@ -204,22 +221,15 @@ void FakeQuantizeBackwardRows(const XT* __restrict x, const ScaleT* __restrict s
 
 }  // namespace
 
-// The forward passes split their rows over XLA's threads (cpu_parallel.h);
-// each row is computed as before, so the results do not depend on the split.
+// The forward passes split their work over XLA's threads (cpu_parallel.h);
+// each element is computed as before, so the results do not depend on the split.
 std::string FakeQuantize(const FakeQuantizeProblem& p, TaskRunner* runner) {
+  if (p.rows == 0 || p.cols == 0) return std::string();
   ScopedFlushDenormals flush;
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
-    const auto* x = static_cast<const XT*>(p.x);
-    const auto* scale = static_cast<const ScaleT*>(p.scale);
-    auto* out = static_cast<XT*>(p.out);
-    ParallelRows(p.rows, p.cols, runner, [&, x, scale, out](int64_t begin, int64_t end) {
-      PrefaultForWriting(out + begin * p.cols, (end - begin) * p.cols * sizeof(XT));
-      FakeQuantizeRows(x + begin * p.cols, scale + begin,
-                       p.zero_point != nullptr ? p.zero_point + begin : nullptr,
-                       out + begin * p.cols, end - begin, p.cols, p.qmin, p.qmax);
-    });
+    RunRowMap<FakeQuantizeMap<XT, ScaleT>>(p, p.x, p.out, runner);
     return std::string();
   });
 }
@@ -228,13 +238,11 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner*
   ScopedFlushDenormals flush;
   return VisitFloat<CpuTypes>(p.x_type, [&](auto x_tag) {
     using XT = typename decltype(x_tag)::type;
-    const auto* x = static_cast<const XT*>(p.x);
-    auto* out = static_cast<XT*>(p.out);
-    ParallelRows(p.rows, p.cols, runner, [&, x, out](int64_t begin, int64_t end) {
-      PrefaultForWriting(out + begin * p.cols, (end - begin) * p.cols * sizeof(XT));
-      FakeQuantizeDynamicRows(x + begin * p.cols, out + begin * p.cols, p.scale + begin,
-                              p.zero_point + begin, end - begin, p.cols, p.qmin, p.qmax,
-                              p.symmetric);
+    const FakeQuantizeDynamicProblem problem = p;
+    ParallelRows(p.rows, p.cols, runner, [problem](int64_t begin, int64_t end) {
+      PrefaultForWriting(static_cast<XT*>(problem.out) + begin * problem.cols,
+                         (end - begin) * problem.cols * sizeof(XT));
+      RunForIsa<FakeQuantizeDynamicKernel<XT>>(&problem, begin, end);
     });
     return std::string();
   });

@@ -24,6 +24,11 @@ class TaskRunner {
   virtual void Schedule(std::function<void()> task) = 0;
 };
 
+// Turns the AVX2 + F16C loops of the kernels on (the default, where the CPU
+// has them) or off (the baseline loops run instead; both give the same bits).
+// Returns whether the AVX2 loops now run. For tests and benchmarks.
+bool SetAvx2Enabled(bool enabled);
+
 // `runner` may be null: everything then runs on the calling thread.
 std::string Dequantize(const DequantizeProblem& problem, TaskRunner* runner = nullptr);
 
@@ -40,9 +45,10 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem,
 std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
 std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem);
 
-// Static and dynamic quantization (cpu_quantize.cc).
-std::string Quantize(const QuantizeProblem& problem);
-std::string QuantizeDynamic(const DynamicQuantizeProblem& problem);
+// Static and dynamic quantization (cpu_quantize.cc), split over `runner`'s
+// threads when it is given.
+std::string Quantize(const QuantizeProblem& problem, TaskRunner* runner = nullptr);
+std::string QuantizeDynamic(const DynamicQuantizeProblem& problem, TaskRunner* runner = nullptr);
 
 }  // namespace jdq::cpu
 

@@ -1,6 +1,7 @@
 // Running CPU kernels fast: splitting work over XLA's intra-op threads (each
-// task in the floating-point mode of cpu_flush.h) and prefaulting large
-// outputs. For every CPU kernel; includes no XLA header.
+// task in the floating-point mode of cpu_flush.h), prefaulting large outputs,
+// and the row-wise maps built on both (RunRowMap). For every CPU kernel;
+// includes no XLA header.
 #ifndef JAX_DEQUANT_CPU_PARALLEL_H_
 #define JAX_DEQUANT_CPU_PARALLEL_H_
 
@@ -15,6 +16,7 @@
 
 #include "cpu_flush.h"
 #include "cpu_kernels.h"
+#include "cpu_simd.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -144,6 +146,44 @@ inline void PrefaultForWriting(void* data, int64_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+// --- Row-wise maps ---------------------------------------------------------------------------------
+
+// A row-wise map, out[n, d] = f_n(in[n, d]) (dequantize, quantize, fake
+// quantize), is described by a struct `Map` with
+//   In, Out                  element types of the input and the output;
+//   Row                      a row's constants, and
+//   static Row ForRow(const Problem&, int64_t row);
+//   Scalar(const In*, Out*, int64_t count, const Row&), and where kHasAvx2
+//   Avx2(...) with the same arguments: one piece of a row (RunSpan).
+template <typename Map>
+struct RowMapKernel {
+  template <bool kAvx2, typename Problem>
+  static JDQ_ALWAYS_INLINE void Run(const Problem* p, const typename Map::In* in,
+                                    typename Map::Out* out, int64_t begin, int64_t end) {
+    for (RowPieces piece(p->cols, begin, end); piece.count > 0; piece.Next()) {
+      RunSpan<kAvx2, Map>(in + piece.element, out + piece.element, piece.count,
+                          Map::ForRow(*p, piece.row));
+    }
+  }
+};
+
+// Runs a row-wise map over the flat elements of a [rows, cols] problem, split
+// over `runner`'s threads (chunks may start and end inside rows), each chunk's
+// output prefaulted, with the loops of the chosen instruction set. The caller
+// holds a ScopedFlushDenormals.
+template <typename Map, typename Problem>
+void RunRowMap(const Problem& p, const void* in, void* out, TaskRunner* runner) {
+  using In = typename Map::In;
+  using Out = typename Map::Out;
+  const Problem problem = p;
+  const In* typed_in = static_cast<const In*>(in);
+  Out* typed_out = static_cast<Out*>(out);
+  ParallelFor(p.rows * p.cols, runner, [problem, typed_in, typed_out](int64_t begin, int64_t end) {
+    PrefaultForWriting(typed_out + begin, (end - begin) * sizeof(Out));
+    RunForIsa<RowMapKernel<Map>>(&problem, typed_in, typed_out, begin, end);
+  });
 }
 
 }  // namespace jdq::cpu

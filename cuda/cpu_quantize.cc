@@ -1,16 +1,17 @@
-// CPU quantize kernels, static and dynamic: plain row loops that the compiler
-// vectorizes (for AVX2 and the baseline ISA, JDQ_CPU_CLONES), run with
-// subnormals flushed to zero like XLA:CPU (ScopedFlushDenormals, cpu_flush.h),
-// so that they agree bit for bit with XLA's compiled reference on the CPU.
+// CPU quantize kernels, static and dynamic: row loops compiled for the
+// baseline ISA and for AVX2 + F16C (chosen at run time, cpu_simd.h), split
+// over XLA's intra-op threads (cpu_parallel.h), run with subnormals flushed to
+// zero like XLA:CPU (ScopedFlushDenormals, cpu_flush.h), so that they agree
+// bit for bit with XLA's compiled reference on the CPU.
 #include <cstdint>
-#include <cstring>
-#include <limits>
 #include <string>
 #include <type_traits>
 
-#include "cpu_common.h"
+#include "cpu_dynamic_row.h"
 #include "cpu_flush.h"
 #include "cpu_kernels.h"
+#include "cpu_parallel.h"
+#include "cpu_simd.h"
 #include "cpu_types.h"
 #include "dispatch.h"
 #include "numerics.h"
@@ -18,119 +19,115 @@
 namespace jdq::cpu {
 namespace {
 
-// q[d] = clamp(rne(C(x[d]) * reciprocal + zero), qmin, qmax) over one row.
-template <typename XT, typename QT, typename C>
-JDQ_CPU_CLONES void QuantizeRow(const XT* __restrict x, QT* __restrict q, int64_t cols, C reciprocal, C zero,
-                 C qmin, C qmax) {
-  for (int64_t col = 0; col < cols; ++col) {
-    const C value = Convert<XT>::template ToCompute<C>(x[col]);
-    q[col] = static_cast<QT>(quantize_value(value, reciprocal, zero, qmin, qmax));
-  }
-}
-
+// The row-wise map of static quantization (cpu_parallel.h):
+// q[i] = clamp(rne(C(x[i]) * reciprocal + zero), qmin, qmax).
 template <typename XT, typename ScaleT, typename QT>
-void QuantizeRows(const QuantizeProblem& p) {
+struct QuantizeMap {
+  using In = XT;
+  using Out = QT;
   using C = ComputeType<ScaleT, XT>;
-  const XT* x = static_cast<const XT*>(p.x);
-  const ScaleT* scale = static_cast<const ScaleT*>(p.scale);
-  QT* q = static_cast<QT*>(p.q);
-  const C qmin = static_cast<C>(p.qmin);
-  const C qmax = static_cast<C>(p.qmax);
-  for (int64_t row = 0; row < p.rows; ++row) {
-    const C reciprocal = reciprocal_rn(Convert<ScaleT>::template ToCompute<C>(scale[row]));
-    const C zero = p.zero_point != nullptr ? static_cast<C>(p.zero_point[row]) : C(0);
-    QuantizeRow(x + row * p.cols, q + row * p.cols, p.cols, reciprocal, zero, qmin, qmax);
-  }
-}
+  struct Row {
+    C reciprocal;
+    C zero;
+    C qmin;
+    C qmax;
+  };
 
-// The row's range widened to include 0, with the NaN rule of extend_range (a
-// NaN anywhere makes both ends NaN). Written with GCC/Clang vector extensions
-// over 32-byte vectors: lane-wise min and max (min/max are exact, so the lane
-// split changes no value) and a lane-wise NaN flag, combined at the end. The
-// scalar select formulation does not vectorize: its NaN test turns into
-// branches.
-template <typename XT, typename C>
-JDQ_CPU_CLONES void RowRange(const XT* __restrict x, int64_t cols, C& lo, C& hi) {
-  using Int = std::conditional_t<sizeof(C) == 8, int64_t, int32_t>;
-  constexpr int kWidth = 32 / sizeof(C);
-  typedef C Vector __attribute__((vector_size(32)));
-  typedef Int Mask __attribute__((vector_size(32)));
-  Vector lane_lo = {};
-  Vector lane_hi = {};
-  Mask lane_nan = {};
-  int64_t col = 0;
-  for (; col + kWidth <= cols; col += kWidth) {
-    C values[kWidth];
-    for (int i = 0; i < kWidth; ++i) values[i] = Convert<XT>::template ToCompute<C>(x[col + i]);
-    Vector v;
-    std::memcpy(&v, values, sizeof(v));
-    // Vector casts are bit casts; comparisons give all-ones lanes where true.
-    const Mask below = (Mask)(v < lane_lo);
-    const Mask above = (Mask)(v > lane_hi);
-    lane_lo = (Vector)(((Mask)v & below) | ((Mask)lane_lo & ~below));
-    lane_hi = (Vector)(((Mask)v & above) | ((Mask)lane_hi & ~above));
-    lane_nan |= (Mask)(v != v);
+  static JDQ_ALWAYS_INLINE Row ForRow(const QuantizeProblem& p, int64_t row) {
+    const ScaleT* scale = static_cast<const ScaleT*>(p.scale);
+    return {reciprocal_rn(Convert<ScaleT>::template ToCompute<C>(scale[row])),
+            p.zero_point != nullptr ? static_cast<C>(p.zero_point[row]) : C(0),
+            static_cast<C>(p.qmin), static_cast<C>(p.qmax)};
   }
-  bool nan = false;
-  lo = hi = C(0);
-  for (int i = 0; i < kWidth; ++i) {
-    extend_range(lane_lo[i], lo, hi);
-    extend_range(lane_hi[i], lo, hi);
-    nan = nan || lane_nan[i] != 0;
-  }
-  for (; col < cols; ++col) extend_range(Convert<XT>::template ToCompute<C>(x[col]), lo, hi);
-  if (nan) lo = hi = std::numeric_limits<C>::quiet_NaN();
-}
 
-// Per row: the range, the scale (stored as ScaleT) and zero point, then the
-// row quantized with the stored scale. The second read of the row hits cache.
+  // A plain loop the compiler vectorizes.
+  static JDQ_ALWAYS_INLINE void Scalar(const XT* __restrict x, QT* __restrict q, int64_t count,
+                                       const Row& k) {
+    for (int64_t i = 0; i < count; ++i) {
+      const C value = Convert<XT>::template ToCompute<C>(x[i]);
+      q[i] = static_cast<QT>(quantize_value(value, k.reciprocal, k.zero, k.qmin, k.qmax));
+    }
+  }
+
+#if JDQ_CPU_AVX2
+  // float32, bfloat16 or float16 x with a float32 compute type: 32 values a
+  // step (avx2::Levels8), packed to 32 bytes; the last 1..31 padded.
+  static constexpr bool kHasAvx2 = std::is_same_v<C, float> && avx2::kIsFloat32Storage<XT>;
+
+  struct Block32 {
+    avx2::LevelConstants k;
+    JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE void operator()(const XT* x, QT* q) const {
+      avx2::StoreLevels32(q, avx2::Levels8(avx2::Load8(x), k), avx2::Levels8(avx2::Load8(x + 8), k),
+                          avx2::Levels8(avx2::Load8(x + 16), k),
+                          avx2::Levels8(avx2::Load8(x + 24), k));
+    }
+  };
+
+  static JDQ_TARGET_AVX2 inline void Avx2(const XT* __restrict x, QT* __restrict q, int64_t count,
+                                          const Row& k) {
+    avx2::ForEachBlock<32>(
+        x, q, count, Block32{avx2::MakeLevelConstants(k.reciprocal, k.zero, k.qmin, k.qmax)});
+  }
+#endif
+};
+
+// Dynamic quantization of rows [begin, end): per row the range, the scale
+// (stored as ScaleT) and zero point, then the row quantized with the stored
+// scale. The second read of the row hits cache.
 template <typename XT, typename ScaleT, typename QT>
-void QuantizeDynamicRows(const DynamicQuantizeProblem& p) {
-  using C = ComputeType<ScaleT, XT>;
-  const XT* x = static_cast<const XT*>(p.x);
-  QT* q = static_cast<QT*>(p.q);
-  ScaleT* scale = static_cast<ScaleT*>(p.scale);
-  const C qmin = static_cast<C>(p.qmin);
-  const C qmax = static_cast<C>(p.qmax);
-  const ScaleRange<C> range = ScaleRangeFor<C>(p.scale_type);
-  for (int64_t row = 0; row < p.rows; ++row) {
-    const XT* x_row = x + row * p.cols;
-    C lo, hi;
-    RowRange(x_row, p.cols, lo, hi);
-    const C chosen =
-        dynamic_scale(lo, hi, p.symmetric, qmin, qmax, range.smallest_normal, range.largest);
-    const ScaleT stored = Convert<ScaleT>::template FromCompute<C>(chosen);
-    const C stored_c = Convert<ScaleT>::template ToCompute<C>(stored);
-    const int32_t zero_point = dynamic_zero_point(lo, hi, p.symmetric, stored_c, qmin, qmax);
-    scale[row] = stored;
-    p.zero_point[row] = zero_point;
-    QuantizeRow(x_row, q + row * p.cols, p.cols, reciprocal_rn(stored_c),
-                static_cast<C>(zero_point), qmin, qmax);
+struct QuantizeDynamicKernel {
+  template <bool kAvx2>
+  static JDQ_ALWAYS_INLINE void Run(const DynamicQuantizeProblem* p, int64_t begin, int64_t end) {
+    using Map = QuantizeMap<XT, ScaleT, QT>;
+    using C = typename Map::C;
+    const XT* x = static_cast<const XT*>(p->x);
+    QT* q = static_cast<QT*>(p->q);
+    ScaleT* scale = static_cast<ScaleT*>(p->scale);
+    const C qmin = static_cast<C>(p->qmin);
+    const C qmax = static_cast<C>(p->qmax);
+    const ScaleRange<C> range = ScaleRangeFor<C>(p->scale_type);
+    for (int64_t row = begin; row < end; ++row) {
+      const XT* x_row = x + row * p->cols;
+      C lo, hi;
+      RowRange<kAvx2>(x_row, p->cols, lo, hi);
+      const auto choice = ChooseRow<ScaleT>(lo, hi, p->symmetric, qmin, qmax, range);
+      scale[row] = choice.stored_scale;
+      p->zero_point[row] = choice.zero_point;
+      const typename Map::Row k{reciprocal_rn(choice.scale), static_cast<C>(choice.zero_point),
+                                qmin, qmax};
+      RunSpan<kAvx2, Map>(x_row, q + row * p->cols, p->cols, k);
+    }
   }
-}
+};
 
 }  // namespace
 
-std::string Quantize(const QuantizeProblem& p) {
+std::string Quantize(const QuantizeProblem& p, TaskRunner* runner) {
+  if (p.rows == 0 || p.cols == 0) return std::string();
   ScopedFlushDenormals flush;
   return VisitQuantizeTypes<CpuTypes, false>(
       p.x_type, p.scale_type, p.q_type, [&](auto x_tag, auto scale_tag, auto q_tag) {
         using XT = typename decltype(x_tag)::type;
         using ScaleT = typename decltype(scale_tag)::type;
         using QT = typename decltype(q_tag)::type;
-        QuantizeRows<XT, ScaleT, QT>(p);
+        RunRowMap<QuantizeMap<XT, ScaleT, QT>>(p, p.x, p.q, runner);
         return std::string();
       });
 }
 
-std::string QuantizeDynamic(const DynamicQuantizeProblem& p) {
+std::string QuantizeDynamic(const DynamicQuantizeProblem& p, TaskRunner* runner) {
   ScopedFlushDenormals flush;
   return VisitQuantizeTypes<CpuTypes, true>(
       p.x_type, p.scale_type, p.q_type, [&](auto x_tag, auto scale_tag, auto q_tag) {
         using XT = typename decltype(x_tag)::type;
         using ScaleT = typename decltype(scale_tag)::type;
         using QT = typename decltype(q_tag)::type;
-        QuantizeDynamicRows<XT, ScaleT, QT>(p);
+        const DynamicQuantizeProblem problem = p;
+        ParallelRows(p.rows, p.cols, runner, [problem](int64_t begin, int64_t end) {
+          PrefaultForWriting(static_cast<QT*>(problem.q) + begin * problem.cols,
+                             (end - begin) * problem.cols * sizeof(QT));
+          RunForIsa<QuantizeDynamicKernel<XT, ScaleT, QT>>(&problem, begin, end);
+        });
         return std::string();
       });
 }

@@ -105,20 +105,24 @@ ffi::Error FakeQuantizeBackwardCpuImpl(ffi::AnyBuffer cotangent, ffi::AnyBuffer 
   return ToError(cpu::FakeQuantizeBackward(*problem));
 }
 
-ffi::Error QuantizeCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::RemainingArgs zero_point,
-                           ffi::Result<ffi::AnyBuffer> q, int32_t qmin, int32_t qmax) {
+ffi::Error QuantizeCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer scale,
+                           ffi::RemainingArgs zero_point, ffi::Result<ffi::AnyBuffer> q,
+                           int32_t qmin, int32_t qmax) {
   auto problem = DecodeQuantize(x, scale, zero_point, *q, qmin, qmax);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::Quantize(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::Quantize(*problem, &runner));
 }
 
-ffi::Error QuantizeDynamicCpuImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> q,
+ffi::Error QuantizeDynamicCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                                  ffi::Result<ffi::AnyBuffer> q,
                                   ffi::Result<ffi::AnyBuffer> scale,
                                   ffi::Result<ffi::AnyBuffer> zero_point, bool symmetric,
                                   int32_t qmin, int32_t qmax) {
   auto problem = DecodeQuantizeDynamic(x, *q, *scale, *zero_point, symmetric, qmin, qmax);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::QuantizeDynamic(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::QuantizeDynamic(*problem, &runner));
 }
 
 }  // namespace
@@ -217,6 +221,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeBackwardCpu, jdq::FakeQuantizeBackw
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqQuantizeCpu, jdq::QuantizeCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // x
                                   .Arg<xla::ffi::AnyBuffer>()  // scale
                                   .RemainingArgs()             // zero_point (absent: symmetric)
@@ -227,6 +232,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqQuantizeCpu, jdq::QuantizeCpuImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqQuantizeDynamicCpu, jdq::QuantizeDynamicCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // x
                                   .Ret<xla::ffi::AnyBuffer>()  // q
                                   .Ret<xla::ffi::AnyBuffer>()  // scale

@@ -3,6 +3,7 @@
 // was built with.
 #include <nanobind/nanobind.h>
 
+#include "cpu_kernels.h"
 #include "ffi_cpu.h"
 #if JAX_DEQUANT_WITH_CUDA
 #include "ffi_cuda.h"
@@ -73,6 +74,13 @@ NB_MODULE(_jax_dequant_ffi, m) {
         return by_platform;
       },
       "FFI handler capsules by XLA platform name, then by target name.");
+
+  m.def(
+      "set_cpu_avx2",
+      [](bool enabled) { return jdq::cpu::SetAvx2Enabled(enabled); }, nb::arg("enabled"),
+      "Turns the CPU kernels' AVX2 + F16C loops on (the default where the CPU has them) or off "
+      "(the baseline loops run; both give the same bits). Returns whether the AVX2 loops now "
+      "run. For tests and benchmarks.");
 
   m.def(
       "build_info",
