@@ -24,9 +24,8 @@ from jax_dequant import bench
 
 def main() -> None:
     op = sys.argv[1] if len(sys.argv) > 1 else "dequantize"
-    dtype = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}.get(
-        sys.argv[2] if len(sys.argv) > 2 else "bfloat16", sys.argv[2] if len(sys.argv) > 2 else "bf16"
-    )
+    dtype = sys.argv[2] if len(sys.argv) > 2 else "bf16"
+    dtype = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}.get(dtype, dtype)
     rows = int(sys.argv[3]) if len(sys.argv) > 3 else 16384
     cols = int(sys.argv[4]) if len(sys.argv) > 4 else 8192
     host = jax.devices("cpu")[0]

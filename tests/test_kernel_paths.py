@@ -39,6 +39,13 @@ def _check(device, q, scale, zero_point, out_dtype, context):
     return got
 
 
+def _run_on(where, fn, args, jit=True):
+    """fn(*args) on `where`: arrays of args placed there (None stays None), jitted unless jit=False."""
+    placed = [None if a is None else jax.device_put(a, where) for a in args]
+    with jax.default_device(where):
+        return (jax.jit(fn) if jit else fn)(*placed)
+
+
 @pytest.mark.parametrize(
     "shape,q_dtype,scale_dtype,out_dtype,symmetric",
     [
@@ -177,13 +184,8 @@ def test_fake_quantize_forward_over_threads_matches_reference(
         args = (x, scale, zero_point)
         kwargs = dict(dtype=dtype)
 
-    def run(fn, where):
-        placed = [None if a is None else jax.device_put(a, where) for a in args]
-        with jax.default_device(where):
-            return jax.jit(lambda *a: fn(*a, **kwargs))(*placed)
-
-    got = run(jdq.fake_quantize_per_token, device)
-    want = run(jdq.reference.fake_quantize_per_token, cpu)
+    got = _run_on(device, lambda *a: jdq.fake_quantize_per_token(*a, **kwargs), args)
+    want = _run_on(cpu, lambda *a: jdq.reference.fake_quantize_per_token(*a, **kwargs), args)
     assert_bitwise_equal(got, want, f"{shape} {x_dtype} dynamic={dynamic} sym={symmetric}")
 
 
@@ -213,22 +215,18 @@ def test_rowwise_ops_on_large_arrays_match_reference(device, shape, x_dtype, sca
     tangent_x = rng.standard_normal(shape).astype(x_dtype)
     tangent_s = rng.standard_normal(shape[:-1]).astype(scale_dtype)
 
-    def run(module, where):
-        placed = [None if a is None else jax.device_put(a, where)
-                  for a in (x, scale, zero_point, tangent_x, tangent_s)]
-        xs, s, zp, tx, ts = placed
-
-        def ops(xs, s, zp, tx, ts):
+    def ops(module):
+        def run(xs, s, zp, tx, ts):
             quantized = module.quantize_per_token(xs, s, zp, dtype=dtype)
             fake, tangent = jax.jvp(
                 lambda a, b: module.fake_quantize_per_token(a, b, zp, dtype=dtype), (xs, s), (tx, ts)
             )
             return quantized, fake, tangent
 
-        with jax.default_device(where):
-            return (jax.jit(ops) if module is jdq else ops)(*placed)
+        return run
 
-    got = run(jdq, device)
-    want = run(jdq.reference, cpu)
+    args = (x, scale, zero_point, tangent_x, tangent_s)
+    got = _run_on(device, ops(jdq), args)
+    want = _run_on(cpu, ops(jdq.reference), args, jit=False)
     for name, g, w in zip(("quantize", "fake quantize", "fake quantize tangent"), got, want):
         assert_bitwise_equal(g, w, f"{name} {shape} {x_dtype} sym={symmetric}")
