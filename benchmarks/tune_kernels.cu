@@ -14,6 +14,8 @@
 //     nvcc -O3 -std=c++17 -arch=sm_90 --fmad=false -Icuda -DTUNE_PART=$part \
 //       benchmarks/tune_kernels.cu -o /tmp/tune_$part & done; wait
 //   for part in 0 1 2 3; do /tmp/tune_$part; done
+// -DTUNE_DYNAMIC_DEFAULT_ONLY limits part 3 to the library's own share per
+// thread.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -162,6 +164,11 @@ void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols,
 template <typename XT>
 void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                   cudaStream_t stream) {
+#ifdef TUNE_DYNAMIC_DEFAULT_ONLY
+  // Only the library's share per thread (for comparing builds of the kernel).
+  SweepDynamicOne<XT, int8_t, jdq::cuda::kBytesPerThread<XT>>(name, buf, rows, cols, bytes, stream);
+  return;
+#endif
   SweepDynamicOne<XT, int8_t, 16>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 32>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 64>(name, buf, rows, cols, bytes, stream);

@@ -10,6 +10,37 @@ inline bool IsAligned(const void* pointer, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(bytes) == 0;
 }
 
+// Division of 32-bit unsigned integers by one fixed divisor d >= 1 as a
+// multiply-high, an add and a shift (Granlund and Montgomery's round-up
+// method): with s = ceil(log2 d) and m = floor(2^32 (2^s - d) / d) + 1,
+// n / d = (umulhi(n, m) + n) >> s for every n < 2^32 (the sum is taken in 64
+// bits). A kernel divides by a row length this way once per vector instead of
+// running the ~15-instruction division sequence.
+class DivideByU32 {
+ public:
+  DivideByU32() = default;
+  explicit DivideByU32(uint32_t divisor) : divisor_(divisor) {
+    while ((uint64_t{1} << shift_) < divisor) ++shift_;
+    magic_ = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift_) - divisor)) /
+                                   divisor) +
+             1;
+  }
+  __host__ __device__ __forceinline__ uint32_t Quotient(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t high = __umulhi(n, magic_);
+#else
+    const uint32_t high = static_cast<uint32_t>((uint64_t{n} * magic_) >> 32);
+#endif
+    return static_cast<uint32_t>((uint64_t{high} + n) >> shift_);
+  }
+  __host__ __device__ __forceinline__ uint32_t divisor() const { return divisor_; }
+
+ private:
+  uint32_t divisor_ = 1;
+  uint32_t magic_ = 1;
+  uint32_t shift_ = 0;
+};
+
 }  // namespace jdq::cuda
 
 #endif  // JAX_DEQUANT_CUDA_COMMON_CUH_

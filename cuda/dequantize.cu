@@ -10,7 +10,7 @@
 namespace jdq::cuda {
 namespace {
 
-using Tuning = RowwiseTuning</*unroll=*/4, /*block=*/128>;
+using Tuning = RowwiseTuning</*unroll=*/2, /*block=*/128>;
 
 }  // namespace
 

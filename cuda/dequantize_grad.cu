@@ -46,12 +46,29 @@ constexpr int kBlock = 256;
 constexpr int kMinBlocksPerSm = 4;
 constexpr int kWarp = 32;
 // Chunks each lane should get before a row is given more lanes.
-constexpr int64_t kChunksPerLane = 4;
+constexpr int64_t kChunksPerLane = 2;
 
 // Elements per chunk: 16 bytes of the narrower of the two arrays walked
 // together; the wider one moves in several 16-byte accesses.
 template <typename A, typename B>
 inline constexpr int kChunkElements = 16 / (sizeof(A) < sizeof(B) ? sizeof(A) : sizeof(B));
+
+// A backward chunk as loaded: dy, and q when dscale is wanted.
+template <typename QT, typename OutT, int kVec>
+struct GradChunk {
+  Pack<OutT, kVec> grads;
+  Pack<QT, kVec> levels{};
+};
+// A tangent chunk as loaded: q's tangent and q.
+template <typename QT, int kVec>
+struct TangentChunk {
+  Pack<QT, kVec> tangents;
+  Pack<QT, kVec> levels;
+};
+// Backward chunks loaded ahead per lane: two while a chunk is at most 48 bytes
+// (two stay inside the register cap below), else one.
+template <typename QT, typename OutT>
+inline constexpr int kGradBatch = sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 48 ? 2 : 1;
 
 // 16-byte global accesses of a chunk. The store is spelled in PTX: given a
 // plain aggregate or uint4 store of 16-bit values, the compiler splits it into
@@ -82,14 +99,17 @@ bool IsAligned(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer
 // Walks the chunks a lane owns in one row [start, start + cols), in the fixed
 // order described above. Chunk 0 is the partial head before the first multiple
 // of kVec (if any), then come the full chunks, then the partial tail (if any).
-// With `vector_ok`, `use_chunk(lo)` handles the full chunk [lo, lo + kVec)
-// with 16-byte accesses; otherwise, and for the head and tail,
-// `use_element(e)` handles one element at a time. Either way the elements are
-// visited in the same, increasing order.
-template <int kVec, typename UseChunk, typename UseElement>
+// With `vector_ok`, the full chunk [lo, lo + kVec) is read with 16-byte
+// accesses by `load_chunk(lo)` and handled by `use_chunk(lo, loaded)`; the
+// loads of kBatch consecutive chunks of the lane are all issued before the
+// first is used, so a lane waits for memory once per kBatch chunks (the use
+// order, and so every sum, is unchanged). Otherwise, and for the head and
+// tail, `use_element(e)` handles one element at a time. Either way the
+// elements are visited in the same, increasing order.
+template <int kVec, int kBatch, typename LoadChunk, typename UseChunk, typename UseElement>
 __device__ __forceinline__ void WalkRow(int64_t start, int64_t cols, int lane, int group,
-                                        bool vector_ok, UseChunk&& use_chunk,
-                                        UseElement&& use_element) {
+                                        bool vector_ok, LoadChunk&& load_chunk,
+                                        UseChunk&& use_chunk, UseElement&& use_element) {
   const int64_t to_boundary = (kVec - (start & (kVec - 1))) & (kVec - 1);
   const int64_t head = to_boundary < cols ? to_boundary : cols;
   const int64_t body = (cols - head) / kVec;  // full chunks (kVec is a power of two)
@@ -102,7 +122,20 @@ __device__ __forceinline__ void WalkRow(int64_t start, int64_t cols, int lane, i
   const int64_t body_start = start + head;
   const int64_t first_chunk = lane >= first_body ? lane - first_body : lane - first_body + group;
   if (vector_ok) {
-    for (int64_t k = first_chunk; k < body; k += group) use_chunk(body_start + k * kVec);
+    using Loaded = decltype(load_chunk(int64_t{0}));
+    for (int64_t k = first_chunk; k < body; k += int64_t{kBatch} * group) {
+      Loaded loaded[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t chunk = k + int64_t{b} * group;
+        if (chunk < body) loaded[b] = load_chunk(body_start + chunk * kVec);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t chunk = k + int64_t{b} * group;
+        if (chunk < body) use_chunk(body_start + chunk * kVec, loaded[b]);
+      }
+    }
   } else {
     for (int64_t k = first_chunk; k < body; k += group) {
       const int64_t lo = body_start + k * kVec;
@@ -174,15 +207,20 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
           return level_value;
         }
       };
-      WalkRow<kVec>(
+      WalkRow<kVec, kGradBatch<QT, OutT>>(
           row * cols, cols, lane, group, vector_ok,
           [&](int64_t lo) {
-            const Pack<OutT, kVec> grads = LoadPack<OutT, kVec>(dy + lo);
-            Pack<QT, kVec> levels{};  // read only for dscale
-            if constexpr (kDscale) levels = LoadPack<QT, kVec>(q + lo);
+            GradChunk<QT, OutT, kVec> chunk;
+            chunk.grads = LoadPack<OutT, kVec>(dy + lo);
+            if constexpr (kDscale) chunk.levels = LoadPack<QT, kVec>(q + lo);  // else unused
+            return chunk;
+          },
+          [&](int64_t lo, const GradChunk<QT, OutT, kVec>& chunk) {
             Pack<QT, kVec> dq_values;
 #pragma unroll
-            for (int i = 0; i < kVec; ++i) dq_values.v[i] = element(grads.v[i], levels.v[i]);
+            for (int i = 0; i < kVec; ++i) {
+              dq_values.v[i] = element(chunk.grads.v[i], chunk.levels.v[i]);
+            }
             if constexpr (kDq) StorePack<QT, kVec>(dq + lo, dq_values);
           },
           [&](int64_t e) {
@@ -222,14 +260,16 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
       return Convert<OutT>::template FromCompute<C>(
           add_rn(from_q, mul_rn(level, row_scale_tangent)));
     };
-    WalkRow<kVec>(
+    WalkRow<kVec, 1>(
         row * cols, cols, lane, group, vector_ok,
         [&](int64_t lo) {
-          const Pack<QT, kVec> tangents = LoadPack<QT, kVec>(q_tangent + lo);
-          const Pack<QT, kVec> levels = LoadPack<QT, kVec>(q + lo);
+          return TangentChunk<QT, kVec>{LoadPack<QT, kVec>(q_tangent + lo),
+                                        LoadPack<QT, kVec>(q + lo)};
+        },
+        [&](int64_t lo, const TangentChunk<QT, kVec>& chunk) {
           Pack<OutT, kVec> values;
 #pragma unroll
-          for (int i = 0; i < kVec; ++i) values.v[i] = element(tangents.v[i], levels.v[i]);
+          for (int i = 0; i < kVec; ++i) values.v[i] = element(chunk.tangents.v[i], chunk.levels.v[i]);
           StorePack<OutT, kVec>(out + lo, values);
         },
         [&](int64_t e) { out[e] = element(q_tangent[e], q[e]); });

@@ -143,11 +143,27 @@ JDQ_HOST_DEVICE C dequantize_value(C q, C zero_point, C scale) {
 // +-inf saturate; NaN acts as 0, i.e. it maps to clamp(zp, qmin, qmax).
 template <typename C>
 JDQ_HOST_DEVICE int32_t quantize_value(C x, C reciprocal, C zero_point, C qmin, C qmax) {
-  C level = round_half_even(add_rn(mul_rn(x, reciprocal), zero_point));
+  const C shifted = add_rn(mul_rn(x, reciprocal), zero_point);
+#if defined(__CUDA_ARCH__)
+  // The same integer in fewer instructions: one round-to-nearest-even
+  // conversion, saturating at the int32 range (which the clamp then narrows,
+  // as it would the float), and an integer clamp.
+  int32_t level;
+  if constexpr (std::is_same_v<C, double>) {
+    level = __double2int_rn(shifted);
+  } else {
+    level = __float2int_rn(shifted);
+  }
+  const int32_t zero_level = static_cast<int32_t>(zero_point);
+  level = shifted != shifted ? zero_level : level;
+  return min(max(level, static_cast<int32_t>(qmin)), static_cast<int32_t>(qmax));
+#else
+  C level = round_half_even(shifted);
   if (level != level) level = zero_point;
   level = level < qmin ? qmin : level;
   level = level > qmax ? qmax : level;
   return static_cast<int32_t>(level);
+#endif
 }
 
 

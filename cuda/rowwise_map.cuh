@@ -36,6 +36,25 @@ constexpr int RowwiseVectorElements() {
   return 16 / (sizeof(In) > sizeof(Out) ? sizeof(In) : sizeof(Out));
 }
 
+// Division by the row length: the multiply-high form for 32-bit indices, a
+// plain 64-bit division otherwise.
+template <typename Index>
+struct RowDivider;
+template <>
+struct RowDivider<uint32_t> {
+  DivideByU32 cols;
+  explicit RowDivider(int64_t n) : cols(static_cast<uint32_t>(n)) {}
+  __device__ __forceinline__ uint32_t Row(uint32_t e) const { return cols.Quotient(e); }
+  __device__ __forceinline__ uint32_t Cols() const { return cols.divisor(); }
+};
+template <>
+struct RowDivider<int64_t> {
+  int64_t cols;
+  explicit RowDivider(int64_t n) : cols(n) {}
+  __device__ __forceinline__ int64_t Row(int64_t e) const { return e / cols; }
+  __device__ __forceinline__ int64_t Cols() const { return cols; }
+};
+
 // Op is a functor with
 //   using In, Out;                         element types
 //   static constexpr bool kSecondInput;    reads in2 as well (may be null at run time)
@@ -45,16 +64,19 @@ constexpr int RowwiseVectorElements() {
 //   Out Apply(const Row&, In value, In value2) const;
 //
 // Index is uint32_t when the array has fewer than 2^32 elements (32-bit
-// arithmetic and one 32-bit division per vector), else int64_t.
+// arithmetic, rows by a multiply-high), else int64_t. With kRowAligned, a
+// thread's vectors that share a row share its loads and constants (one
+// reciprocal for a quantize thread whose vectors lie in one row).
 template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned>
 __global__ void __launch_bounds__(kBlock)
-    RowwiseMapKernel(Op op, Index total, Index cols) {
+    RowwiseMapKernel(Op op, Index total, RowDivider<Index> divider) {
   using In = typename Op::In;
   using Out = typename Op::Out;
   using RowData = decltype(op.LoadRow(int64_t{0}));
   using InPack = Pack<In, kVec>;
   using OutPack = Pack<Out, kVec>;
   const bool second = Op::kSecondInput && op.in2 != nullptr;
+  const Index cols = divider.Cols();
   const Index block_first =
       static_cast<Index>(blockIdx.x) * (kUnroll * kBlock) + static_cast<Index>(threadIdx.x);
 
@@ -64,13 +86,15 @@ __global__ void __launch_bounds__(kBlock)
   InPack values[kUnroll];
   InPack values2[kUnroll];
   RowData data[kUnroll];
+  // Whether vector u starts a new row among the thread's vectors (always,
+  // unless kRowAligned).
+  bool new_row[kUnroll];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     first[u] = (block_first + u * kBlock) * kVec;
-    if (first[u] < total) {
-      row[u] = first[u] / cols;
-      col[u] = first[u] - row[u] * cols;
-    }
+    row[u] = divider.Row(first[u]);
+    col[u] = first[u] - row[u] * cols;
+    new_row[u] = !kRowAligned || u == 0 || row[u] != row[u - 1];
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
@@ -81,13 +105,14 @@ __global__ void __launch_bounds__(kBlock)
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
-    if (first[u] < total) data[u] = op.LoadRow(row[u]);
+    if (first[u] < total && new_row[u]) data[u] = op.LoadRow(row[u]);
   }
 
+  decltype(op.Prepare(data[0])) constants;
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     if (first[u] >= total) break;
-    auto constants = op.Prepare(data[u]);
+    if (new_row[u]) constants = op.Prepare(data[u]);
     auto next_element = [&]() {
       if (++col[u] == cols) {
         col[u] = 0;
@@ -95,7 +120,8 @@ __global__ void __launch_bounds__(kBlock)
         constants = op.Prepare(op.LoadRow(row[u]));
       }
     };
-    if (first[u] + kVec <= total) {
+    // Aligned rows make total a multiple of kVec: every vector is whole.
+    if (kRowAligned || first[u] + kVec <= total) {
       OutPack results;
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
@@ -103,7 +129,7 @@ __global__ void __launch_bounds__(kBlock)
         if (!kRowAligned && i + 1 < kVec) next_element();
       }
       *reinterpret_cast<OutPack*>(op.out + first[u]) = results;
-    } else {
+    } else if constexpr (!kRowAligned) {
       for (Index e = first[u]; e < total; ++e) {
         const In value = op.in[e];
         op.out[e] = op.Apply(constants, value, second ? op.in2[e] : value);
@@ -118,7 +144,7 @@ void LaunchRowwiseMapKernel(const Op& op, int64_t total, int64_t cols, cudaStrea
   constexpr int64_t kPerBlock = int64_t{kVec} * kUnroll * kBlock;
   const auto blocks = static_cast<unsigned>((total + kPerBlock - 1) / kPerBlock);
   RowwiseMapKernel<Op, Index, kVec, kUnroll, kBlock, kRowAligned>
-      <<<blocks, kBlock, 0, stream>>>(op, static_cast<Index>(total), static_cast<Index>(cols));
+      <<<blocks, kBlock, 0, stream>>>(op, static_cast<Index>(total), RowDivider<Index>(cols));
 }
 
 // Launches Op over a [rows, cols] array with kVec-element vectors, kUnroll of
@@ -135,7 +161,9 @@ std::string LaunchRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStrea
     return std::string(name) + ": array too large for one launch";
   }
   const bool row_aligned = kVec == 1 || cols % kVec == 0;
-  if (total < (int64_t{1} << 32)) {
+  // 32-bit indices while every thread's element offsets, including those of
+  // the last block past the end, stay below 2^32.
+  if (total + kPerBlock < (int64_t{1} << 32)) {
     if (row_aligned) {
       LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true>(op, total, cols, stream);
     } else {
