@@ -10,13 +10,16 @@
 #    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
 # 4. Nsight Compute on our kernels and XLA's for the ops in JDQ_NCU_OPS,
 #    16384x8192 bf16 (benchmarks/ncu_target.py): $OUT/ncu_<op>.txt;
+# 5. with "tune" in JDQ_STEPS, the launch-shape sweep benchmarks/tune_kernels.cu
+#    (parts JDQ_TUNE_PARTS, default all; compiled beside the package build):
+#    $OUT/tune.txt;
 # A summary comes last. Every step runs under a share of one time budget
 # (JDQ_BUDGET_S, default 510 s, so the script stays under 9 minutes); a step
 # that no longer fits is skipped and says so. On an H100 the build takes about
 # 2 minutes, the GPU tests (-m gpu) 5 and the benchmark 3: more than one
 # 10-minute call, so JDQ_STEPS (default "tests bench ncu") picks the steps of
 # this call, e.g. JDQ_STEPS=tests, then JDQ_STEPS="bench ncu" on the same
-# machine (the build always runs). JDQ_PYTEST_ARGS (default -q)
+# machine (the build always runs). JDQ_PYTEST_ARGS (default -q -n 4: pytest-xdist)
 # and JDQ_BENCH_ARGS (default: the full set) change steps 2 and 3.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -28,6 +31,7 @@ BUDGET=${JDQ_BUDGET_S:-510}
 START=$(date +%s)
 PY=$(command -v python3)
 STEPS=" ${JDQ_STEPS:-tests bench ncu} "
+TUNE_PARTS=${JDQ_TUNE_PARTS:-0 1 2 3 4}
 wants() { [[ $STEPS == *" $1 "* ]]; }
 
 elapsed() { echo $(($(date +%s) - START)); }
@@ -50,6 +54,13 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_ver
 "$PY" -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" 2>&1 | tail -1
 
 step "build (sm_90)"
+if wants tune; then
+  # The sweep programs compile beside the package (plain nvcc, one per part).
+  for part in $TUNE_PARTS; do
+    nvcc -O3 -std=c++17 -arch=sm_90 --fmad=false -Icuda -DTUNE_PART=$part \
+      benchmarks/tune_kernels.cu -o /tmp/jdq_tune_$part >/tmp/jdq_tune_$part.log 2>&1 &
+  done
+fi
 JAX_DEQUANT_CUDA=ON JAX_DEQUANT_CUDA_ARCHITECTURES=90-real CMAKE_BUILD_PARALLEL_LEVEL=16 \
   timeout "$(cap 240 240)" "$PY" -m pip install --no-build-isolation --no-deps --no-index . \
   >"$OUT/pip.log" 2>&1
@@ -62,12 +73,29 @@ step "tests (JAX_DEQUANT_REQUIRE_GPU=1)"
 PYTEST_RC=skipped
 if ((BUILD_RC == 0)) && wants tests; then
   # From /tmp, so that the installed package is imported, not the source tree.
-  (cd /tmp && JAX_DEQUANT_REQUIRE_GPU=1 timeout "$(cap 270 230)" "$PY" -m pytest -p no:cacheprovider \
-    ${JDQ_PYTEST_ARGS:--q} "$ROOT/tests" >"$OUT/pytest.log" 2>&1)
+  # Several pytest workers share the GPU: none may preallocate most of its memory.
+  (cd /tmp && JAX_DEQUANT_REQUIRE_GPU=1 XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    timeout "$(cap 270 230)" "$PY" -m pytest -p no:cacheprovider \
+    ${JDQ_PYTEST_ARGS:--q -n 4} "$ROOT/tests" >"$OUT/pytest.log" 2>&1)
   PYTEST_RC=$?
   grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -n 30
   tail -n 1 "$OUT/pytest.log"
   ((PYTEST_RC == 124)) && echo "pytest was stopped by its time limit; see $OUT/pytest.log"
+fi
+
+step "launch-shape sweep (benchmarks/tune_kernels.cu)"
+if wants tune; then
+  wait  # the sweep programs' builds
+  : >"$OUT/tune.txt"
+  for part in $TUNE_PARTS; do
+    if [[ -x /tmp/jdq_tune_$part ]]; then
+      timeout "$(cap 60 200)" /tmp/jdq_tune_$part >>"$OUT/tune.txt" 2>&1
+      echo "tune part $part exit code $?"
+    else
+      echo "tune part $part did not build:"; tail -n 20 /tmp/jdq_tune_$part.log
+    fi
+  done
+  grep "^#" "$OUT/tune.txt"
 fi
 
 step "benchmark"
@@ -93,9 +121,10 @@ for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
   elif (($(left) < 60)); then
     echo "skipped $op: $(left) s left"
   else
-    (cd /tmp && timeout "$(cap 120 10)" ncu --kernel-name-base demangled \
+    (cd /tmp && timeout "$(cap 120 10)" ncu --kernel-name-base demangled --clock-control none \
       -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Backward|fusion|reduce' -c 6 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats \
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
       "$PY" "$ROOT/benchmarks/ncu_target.py" "$op" bf16 16384 8192 >"$OUT/ncu_$op.txt" 2>&1)
     echo "ncu $op exit code $? (report: $OUT/ncu_$op.txt)"
@@ -112,5 +141,7 @@ echo "tests: exit code $PYTEST_RC; $(tail -n 1 "$OUT/pytest.log" 2>/dev/null)"
 echo "benchmark: exit code $BENCH_RC"
 sed -n '/^Goals:/,/^wrote/p' "$OUT/bench.txt" 2>/dev/null | grep -v "^wrote"
 grep -E "^(timing|copy bandwidth):" "$OUT/bench.txt" 2>/dev/null
+# At most 8 files come back from the GPU machine: the small logs travel packed.
+(cd "$OUT" && tar czf logs.tgz gpu.txt pip.log $(ls bench.log 2>/dev/null) && rm -f gpu.txt pip.log bench.log)
 echo "files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 echo "total $(elapsed) s"

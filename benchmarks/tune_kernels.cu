@@ -10,13 +10,20 @@
 // (and XLA's) come from `python -m jax_dequant.bench`.
 //
 // Build one part per op family (they compile in parallel), e.g. on an H100:
-//   for part in 0 1 2 3; do
+//   for part in 0 1 2 3 4; do
 //     nvcc -O3 -std=c++17 -arch=sm_90 --fmad=false -Icuda -DTUNE_PART=$part \
 //       benchmarks/tune_kernels.cu -o /tmp/tune_$part & done; wait
-//   for part in 0 1 2 3; do /tmp/tune_$part; done
+//   for part in 0 1 2 3 4; do /tmp/tune_$part; done
+// Parts: 0 dequantize, 1 static quantize (and a check of the saturating
+// conversions it relies on), 2 fake quantize, 3 dynamic quantize, 4 the
+// dequantize backward (dscale of int8 q).
 // -DTUNE_DYNAMIC_DEFAULT_ONLY limits part 3 to the library's own share per
 // thread.
 #include <cuda_runtime.h>
+
+#ifndef TUNE_PART
+#define TUNE_PART 0
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -26,13 +33,15 @@
 
 #include "rowwise_map.cuh"
 #include "rowwise_ops.cuh"
-// The dynamic quantize kernel and its launcher live in an anonymous namespace
-// of this file; including it gives this program the same code the library runs.
+// The dynamic quantize and backward kernels and their launchers live in
+// anonymous namespaces of these files; including one gives this program the
+// same code the library runs.
+#if TUNE_PART == 3
 #include "quantize_dynamic.cu"
-
-#ifndef TUNE_PART
-#define TUNE_PART 0
+#elif TUNE_PART == 4
+#include "dequantize_grad.cu"
 #endif
+
 
 namespace {
 
@@ -74,6 +83,18 @@ double TimeUs(cudaStream_t stream, Launch launch) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   return 1000.0 * best / kCalls;
+}
+
+// Fills n 32-bit words with a hash of their index (random bits, not zeros).
+__global__ void FillKernel(uint32_t* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 0x9e3779b1u;
+    h ^= h >> 15;
+    h *= 0x85ebca77u;
+    h ^= h >> 13;
+    out[i] = h;
+  }
 }
 
 // Reads n 16-byte words, writing one word per block: the read-only bandwidth.
@@ -124,16 +145,27 @@ void SweepOne(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
 template <typename Op>
 void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
                   cudaStream_t stream) {
+  if (rows * cols <= 64 * 8192) {  // decode shapes: one vector per thread, block sizes
+    SweepOne<Op, 1, 64>(name, op, rows, cols, bytes, stream);
+    SweepOne<Op, 1, 128>(name, op, rows, cols, bytes, stream);
+    SweepOne<Op, 1, 256>(name, op, rows, cols, bytes, stream);
+    SweepOne<Op, 1, 512>(name, op, rows, cols, bytes, stream);
+    SweepOne<Op, 2, 128>(name, op, rows, cols, bytes, stream);
+    return;
+  }
   SweepOne<Op, 1, 256>(name, op, rows, cols, bytes, stream);
   SweepOne<Op, 2, 256>(name, op, rows, cols, bytes, stream);
   SweepOne<Op, 4, 256>(name, op, rows, cols, bytes, stream);
   SweepOne<Op, 8, 256>(name, op, rows, cols, bytes, stream);
   SweepOne<Op, 2, 128>(name, op, rows, cols, bytes, stream);
   SweepOne<Op, 4, 128>(name, op, rows, cols, bytes, stream);
-  SweepOne<Op, 1, 512>(name, op, rows, cols, bytes, stream);
-  SweepOne<Op, 2, 512>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 8, 128>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 16, 128>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 4, 64>(name, op, rows, cols, bytes, stream);
+  SweepOne<Op, 8, 64>(name, op, rows, cols, bytes, stream);
 }
 
+#if TUNE_PART == 3
 template <typename XT, typename QT, int kBytes>
 void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                      cudaStream_t stream) {
@@ -174,6 +206,78 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
   SweepDynamicOne<XT, int8_t, 64>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 128>(name, buf, rows, cols, bytes, stream);
 }
+#endif  // TUNE_PART == 3
+
+#if TUNE_PART == 4
+// The dscale pass of the backward (int8 q, no zero point) with a launch shape.
+template <typename OutT, int kBatch, int kMinBlocks>
+void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
+                  int64_t chunks_per_lane, cudaStream_t stream) {
+  jdq::DequantizeGradProblem p{};
+  p.dy = buf.b;
+  p.q = buf.a;
+  p.scale = buf.scale;
+  p.zero_point = nullptr;
+  p.dq = nullptr;
+  p.dscale = static_cast<char*>(buf.scale) + 65536 * 4;
+  p.rows = rows;
+  p.cols = cols;
+  const double us = TimeUs(stream, [&] {
+    const std::string error =
+        jdq::cuda::LaunchGrad<int8_t, float, OutT, false, true,
+                              jdq::cuda::GradShape<kBatch, kMinBlocks>>(p, stream,
+                                                                        chunks_per_lane);
+    if (!error.empty()) {
+      std::fprintf(stderr, "%s\n", error.c_str());
+      std::exit(1);
+    }
+  });
+  char config[64];
+  std::snprintf(config, sizeof config, "lane%lld batch%d min%d",
+                static_cast<long long>(chunks_per_lane), kBatch, kMinBlocks);
+  Report(name, config, rows, cols, bytes, us);
+}
+
+template <typename OutT>
+void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
+               cudaStream_t stream) {
+  for (int64_t lane : {1, 2, 4, 8, 16}) {
+    SweepGradOne<OutT, 1, 4>(name, buf, rows, cols, bytes, lane, stream);
+    SweepGradOne<OutT, 2, 4>(name, buf, rows, cols, bytes, lane, stream);
+    SweepGradOne<OutT, 4, 2>(name, buf, rows, cols, bytes, lane, stream);
+    SweepGradOne<OutT, 1, 8>(name, buf, rows, cols, bytes, lane, stream);
+    SweepGradOne<OutT, 2, 2>(name, buf, rows, cols, bytes, lane, stream);
+  }
+}
+#endif  // TUNE_PART == 4
+
+#if TUNE_PART == 1
+// Checks what QuantizeSaturating relies on: rne float -> int32 conversion of
+// NaN gives 0 and saturates infinities, and the saturating pack.
+__global__ void SaturationCheckKernel(int32_t* out) {
+  const float nan = __int_as_float(0x7fc00000);
+  const float inf = __int_as_float(0x7f800000);
+  out[0] = __float2int_rn(nan);
+  out[1] = __float2int_rn(-nan);
+  out[2] = __float2int_rn(inf);
+  out[3] = __float2int_rn(-inf);
+  out[4] = static_cast<int32_t>(jdq::cuda::PackSaturated4<int8_t>(-300, -128, 127, 300));
+  out[5] = static_cast<int32_t>(jdq::cuda::PackSaturated4<uint8_t>(-1, 0, 255, 256));
+  out[6] = static_cast<int32_t>(jdq::cuda::PackSaturated4<int8_t>(1, 2, 3, 4));
+}
+
+void CheckSaturation() {
+  int32_t* device_out;
+  Check(cudaMalloc(&device_out, 7 * sizeof(int32_t)), "malloc");
+  SaturationCheckKernel<<<1, 1>>>(device_out);
+  int32_t out[7];
+  Check(cudaMemcpy(out, device_out, sizeof out, cudaMemcpyDeviceToHost), "copy");
+  std::printf("# saturation: f2i(nan)=%d f2i(-nan)=%d f2i(inf)=%d f2i(-inf)=%d "
+              "pack_s8=%08x (want 7f7f8080) pack_u8=%08x (want ffff0000) order=%08x (want 04030201)\n",
+              out[0], out[1], out[2], out[3], out[4], out[5], out[6]);
+  cudaFree(device_out);
+}
+#endif
 
 }  // namespace
 
@@ -189,7 +293,9 @@ int main() {
   void *src, *dst;
   Check(cudaMalloc(&src, copy_bytes), "malloc");
   Check(cudaMalloc(&dst, copy_bytes), "malloc");
-  cudaMemset(src, 1, copy_bytes);
+  FillKernel<<<prop.multiProcessorCount * 8, 256, 0, stream>>>(static_cast<uint32_t*>(src),
+                                                               copy_bytes / 4);
+  Check(cudaStreamSynchronize(stream), "fill");
   const double copy_us = TimeUs(stream, [&] {
     cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, stream);
   });
@@ -206,13 +312,16 @@ int main() {
   Buffers buf;
   buf.a = src;
   Check(cudaMalloc(&buf.b, size_t{1} << 30), "malloc");
-  Check(cudaMalloc(&buf.scale, 65536 * 4), "malloc");
+  Check(cudaMalloc(&buf.scale, 2 * 65536 * 4), "malloc");  // scales, then dscale
   Check(cudaMalloc(&buf.zero_point, 65536 * 4), "malloc");
   std::vector<float> ones(65536, 0.01f);
   cudaMemcpy(buf.scale, ones.data(), 65536 * 4, cudaMemcpyHostToDevice);
   [[maybe_unused]] auto* scale = static_cast<const float*>(buf.scale);
 
-  const int64_t shapes[][2] = {{16384, 8192}, {64, 8192}, {1, 4096}};
+#if TUNE_PART == 1
+  CheckSaturation();
+#endif
+  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {1, 4096}};
   for (const auto& shape : shapes) {
     const int64_t rows = shape[0], cols = shape[1];
     const double n = static_cast<double>(rows * cols);
@@ -230,12 +339,22 @@ int main() {
     SweepRowwise("quantize bf16->int8",
                  QuantizeOp<__nv_bfloat16, float, int8_t>{
                      static_cast<const __nv_bfloat16*>(buf.a), nullptr,
-                     static_cast<int8_t*>(buf.b), scale, nullptr, -128.f, 127.f},
+                     static_cast<int8_t*>(buf.b), scale, nullptr, -128.f, 127.f, true},
+                 rows, cols, n * 3 + 4 * rows, stream);
+    SweepRowwise("quantize bf16->int8 clamp",
+                 QuantizeOp<__nv_bfloat16, float, int8_t>{
+                     static_cast<const __nv_bfloat16*>(buf.a), nullptr,
+                     static_cast<int8_t*>(buf.b), scale, nullptr, -128.f, 127.f, false},
+                 rows, cols, n * 3 + 4 * rows, stream);
+    SweepRowwise("quantize f16->int8",
+                 QuantizeOp<__half, float, int8_t>{
+                     static_cast<const __half*>(buf.a), nullptr,
+                     static_cast<int8_t*>(buf.b), scale, nullptr, -128.f, 127.f, true},
                  rows, cols, n * 3 + 4 * rows, stream);
     SweepRowwise("quantize f32->int8",
                  QuantizeOp<float, float, int8_t>{static_cast<const float*>(buf.a), nullptr,
                                                   static_cast<int8_t*>(buf.b), scale, nullptr,
-                                                  -128.f, 127.f},
+                                                  -128.f, 127.f, true},
                  rows, cols, n * 5 + 4 * rows, stream);
 #elif TUNE_PART == 2
     SweepRowwise("fake_quantize bf16",
@@ -248,10 +367,13 @@ int main() {
                                               static_cast<float*>(buf.b), scale, nullptr, -128.f,
                                               127.f},
                  rows, cols, n * 8 + 4 * rows, stream);
-#else
+#elif TUNE_PART == 3
     SweepDynamic<__nv_bfloat16>("quantize_dynamic bf16", buf, rows, cols, n * 3 + 8 * rows,
                                 stream);
     SweepDynamic<float>("quantize_dynamic f32", buf, rows, cols, n * 5 + 8 * rows, stream);
+#else
+    SweepGrad<__nv_bfloat16>("dequantize_bwd bf16", buf, rows, cols, n * 3 + 4 * rows, stream);
+    SweepGrad<float>("dequantize_bwd f32", buf, rows, cols, n * 5 + 4 * rows, stream);
 #endif
   }
   Check(cudaDeviceSynchronize(), "final sync");

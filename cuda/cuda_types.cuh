@@ -4,6 +4,8 @@
 #define JAX_DEQUANT_CUDA_TYPES_CUH_
 
 #include <cuda_bf16.h>
+#include <cstdint>
+#include <cstring>
 #include <cuda_fp16.h>
 
 #include "numerics.h"
@@ -49,6 +51,97 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Pack {
   T v[N];
 };
+
+// Loads *address (global memory, read-only for the kernel's lifetime) as one
+// access of sizeof(T) bytes (1, 2, 4, 8 or 16; T aligned to it), issued where
+// it is written. The load is a volatile asm statement: otherwise the compiler
+// sinks a load to its first use, behind other work and behind the branches
+// between, and a thread waits for its loads one after another instead of all
+// at once.
+template <typename T>
+__device__ __forceinline__ T LoadInOrder(const T* address) {
+  static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8 ||
+                    sizeof(T) == 16,
+                "one access of 1, 2, 4, 8 or 16 bytes");
+  const size_t global = __cvta_generic_to_global(address);
+  T value;
+  if constexpr (sizeof(T) == 16) {
+    uint4 w;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
+                 : "l"(global));
+    memcpy(&value, &w, sizeof(value));
+  } else if constexpr (sizeof(T) == 8) {
+    uint2 w;
+    asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(w.x), "=r"(w.y) : "l"(global));
+    memcpy(&value, &w, sizeof(value));
+  } else if constexpr (sizeof(T) == 4) {
+    uint32_t w;
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(w) : "l"(global));
+    memcpy(&value, &w, sizeof(value));
+  } else if constexpr (sizeof(T) == 2) {
+    uint16_t w;
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(w) : "l"(global));
+    memcpy(&value, &w, sizeof(value));
+  } else {
+    uint32_t w;
+    asm volatile("ld.global.nc.u8 %0, [%1];" : "=r"(w) : "l"(global));
+    const uint8_t byte = static_cast<uint8_t>(w);
+    memcpy(&value, &byte, sizeof(value));
+  }
+  return value;
+}
+
+// Stores value to *address (global memory; sizeof(T) of 1, 2, 4, 8 or 16
+// bytes, T aligned to it) when `store` holds, as one predicated instruction.
+// A plain `if (store) *address = value` becomes a branch around all the work
+// feeding the store, and the assembler then sinks that work's loads into it.
+template <typename T>
+__device__ __forceinline__ void StoreIf(bool store, T* address, const T& value) {
+  static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8 ||
+                    sizeof(T) == 16,
+                "one access of 1, 2, 4, 8 or 16 bytes");
+  const size_t global = __cvta_generic_to_global(address);
+  const uint32_t predicate = store ? 1u : 0u;
+  if constexpr (sizeof(T) == 16) {
+    uint4 w;
+    memcpy(&w, &value, sizeof(w));
+    asm volatile(
+        "{ .reg .pred p; setp.ne.u32 p, %0, 0; @p st.global.v4.u32 [%1], {%2, %3, %4, %5}; }"
+        :
+        : "r"(predicate), "l"(global), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
+        : "memory");
+  } else if constexpr (sizeof(T) == 8) {
+    uint2 w;
+    memcpy(&w, &value, sizeof(w));
+    asm volatile("{ .reg .pred p; setp.ne.u32 p, %0, 0; @p st.global.v2.u32 [%1], {%2, %3}; }"
+                 :
+                 : "r"(predicate), "l"(global), "r"(w.x), "r"(w.y)
+                 : "memory");
+  } else if constexpr (sizeof(T) == 4) {
+    uint32_t w;
+    memcpy(&w, &value, sizeof(w));
+    asm volatile("{ .reg .pred p; setp.ne.u32 p, %0, 0; @p st.global.u32 [%1], %2; }"
+                 :
+                 : "r"(predicate), "l"(global), "r"(w)
+                 : "memory");
+  } else if constexpr (sizeof(T) == 2) {
+    uint16_t w;
+    memcpy(&w, &value, sizeof(w));
+    asm volatile("{ .reg .pred p; setp.ne.u32 p, %0, 0; @p st.global.u16 [%1], %2; }"
+                 :
+                 : "r"(predicate), "l"(global), "h"(w)
+                 : "memory");
+  } else {
+    uint8_t byte;
+    memcpy(&byte, &value, sizeof(byte));
+    const uint32_t w = byte;
+    asm volatile("{ .reg .pred p; setp.ne.u32 p, %0, 0; @p st.global.u8 [%1], %2; }"
+                 :
+                 : "r"(predicate), "l"(global), "r"(w)
+                 : "memory");
+  }
+}
 
 }  // namespace jdq
 

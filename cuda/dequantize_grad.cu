@@ -70,6 +70,15 @@ struct TangentChunk {
 template <typename QT, typename OutT>
 inline constexpr int kGradBatch = sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 48 ? 2 : 1;
 
+// A launch shape of the backward kernel: chunks loaded ahead per lane, the
+// resident blocks per SM it is compiled for, and the chunks each lane should
+// get before a row is given more lanes (which fixes the summation order).
+template <int kBatchChunks, int kMinBlocks>
+struct GradShape {
+  static constexpr int batch = kBatchChunks;
+  static constexpr int min_blocks = kMinBlocks;
+};
+
 // 16-byte global accesses of a chunk. The store is spelled in PTX: given a
 // plain aggregate or uint4 store of 16-bit values, the compiler splits it into
 // 4-byte stores.
@@ -170,8 +179,9 @@ __device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
 }
 
 // Backward of dequantize over rows: dq (kDq) and/or dscale (kDscale) in one pass.
-template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
-__global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
+template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale, int kBatch,
+          int kMinBlocks>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
     DequantizeGradKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
                          const ScaleT* __restrict__ scale, const int32_t* __restrict__ zero_point,
                          QT* __restrict__ dq, ScaleT* __restrict__ dscale, int64_t rows,
@@ -207,7 +217,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
           return level_value;
         }
       };
-      WalkRow<kVec, kGradBatch<QT, OutT>>(
+      WalkRow<kVec, kBatch>(
           row * cols, cols, lane, group, vector_ok,
           [&](int64_t lo) {
             GradChunk<QT, OutT, kVec> chunk;
@@ -279,10 +289,10 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
 // Lanes per row: enough that each lane gets about kChunksPerLane chunks. A
 // function of the row length only (not of the number of rows), which keeps a
 // row's summation order independent of the rest of the call (see above).
-int GroupSize(int64_t cols, int vec) {
+int GroupSize(int64_t cols, int vec, int64_t chunks_per_lane = kChunksPerLane) {
   const int64_t chunks = cols % vec == 0 ? cols / vec : cols / vec + 2;
   int group = 1;
-  while (group < kBlock && group * kChunksPerLane < chunks) group *= 2;
+  while (group < kBlock && group * chunks_per_lane < chunks) group *= 2;
   return group;
 }
 
@@ -300,12 +310,14 @@ std::string LaunchStatus(const char* what) {
   return std::string();
 }
 
-template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
-std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream) {
-  const int group = GroupSize(p.cols, kChunkElements<QT, OutT>);
+template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale,
+          typename Shape = GradShape<kGradBatch<QT, OutT>, kMinBlocksPerSm>>
+std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream,
+                       int64_t chunks_per_lane = kChunksPerLane) {
+  const int group = GroupSize(p.cols, kChunkElements<QT, OutT>, chunks_per_lane);
   const bool vector_ok =
       IsAligned(p.dy) && (!kDscale || IsAligned(p.q)) && (!kDq || IsAligned(p.dq));
-  DequantizeGradKernel<QT, ScaleT, OutT, kDq, kDscale>
+  DequantizeGradKernel<QT, ScaleT, OutT, kDq, kDscale, Shape::batch, Shape::min_blocks>
       <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(
           static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q),
           static_cast<const ScaleT*>(p.scale), p.zero_point, static_cast<QT*>(p.dq),

@@ -1,7 +1,9 @@
 // CUDA static quantize: the row-wise map kernel (rowwise_map.cuh) with
-// QuantizeOp. A thread computes each of its rows' reciprocal 1 / scale once per
-// vector, after all its loads are issued.
+// QuantizeOp. A thread computes the reciprocal 1 / scale once per row among its
+// vectors, after all its loads are issued; without a zero point and with the
+// storage type's full range, levels are packed with saturating conversions.
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "cuda_kernels.h"
@@ -31,7 +33,10 @@ std::string Quantize(const QuantizeProblem& p, cudaStream_t stream) {
                     static_cast<const ScaleT*>(p.scale),
                     p.zero_point,
                     static_cast<C>(p.qmin),
-                    static_cast<C>(p.qmax)};
+                    static_cast<C>(p.qmax),
+                    p.zero_point == nullptr &&
+                        p.qmin == std::numeric_limits<QT>::lowest() &&
+                        p.qmax == std::numeric_limits<QT>::max()};
         return RunRowwiseMap<Tuning>(op, p.rows, p.cols, stream, "quantize");
       });
 }

@@ -10,6 +10,7 @@
 // and quantizes from the registers. A row longer than the group can hold is
 // read twice: once to reduce, once (mostly from L2) to quantize.
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -18,6 +19,7 @@
 #include "cuda_types.cuh"
 #include "dispatch.h"
 #include "numerics.h"
+#include "rowwise_ops.cuh"
 
 namespace jdq::cuda {
 namespace {
@@ -57,6 +59,8 @@ struct DynamicParams {
   C qmax;
   C smallest_normal;
   C largest;
+  // Symmetric with the storage type's full range: QuantizeSaturating applies.
+  bool saturating;
 };
 
 // Folds a thread's packs of a row into the row's range (widened to include 0,
@@ -200,20 +204,23 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     const C reciprocal = reciprocal_rn(stored_c);
     const C zero = static_cast<C>(zp);
 
+    auto quantize_pack = [&](const XPack& values) {
+      if constexpr (std::is_same_v<C, float> && kVec % 4 == 0) {
+        if (params.saturating) return QuantizeSaturating<QT>(values, reciprocal);
+      }
+      QPack levels;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        levels.v[i] = static_cast<QT>(quantize_value(Convert<XT>::template ToCompute<C>(values.v[i]),
+                                                     reciprocal, zero, params.qmin, params.qmax));
+      }
+      return levels;
+    };
     auto quantize = [&](int64_t base) {
 #pragma unroll
       for (int k = 0; k < kChunks; ++k) {
         const int64_t index = base + (k * group + lane) * kVec;
-        if (index < cols) {
-          QPack levels;
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) {
-            levels.v[i] = static_cast<QT>(
-                quantize_value(Convert<XT>::template ToCompute<C>(held[k].v[i]), reciprocal,
-                               zero, params.qmin, params.qmax));
-          }
-          *reinterpret_cast<QPack*>(row_q + index) = levels;
-        }
+        if (index < cols) *reinterpret_cast<QPack*>(row_q + index) = quantize_pack(held[k]);
       }
     };
     if (fits) {
@@ -238,7 +245,9 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
                                 static_cast<C>(p.qmin),
                                 static_cast<C>(p.qmax),
                                 range.smallest_normal,
-                                range.largest};
+                                range.largest,
+                                p.symmetric && p.qmin == std::numeric_limits<QT>::lowest() &&
+                                    p.qmax == std::numeric_limits<QT>::max()};
   constexpr int64_t kMaxBlocks = 0x7fffffff;  // more rows are walked grid-stride
   auto* x = static_cast<const XT*>(p.x);
   auto* q = static_cast<QT*>(p.q);

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "cuda_types.cuh"
@@ -62,11 +63,29 @@ struct RowDivider<int64_t> {
 //   RowData LoadRow(int64_t row) const;    the row's raw loads only
 //   Row Prepare(const RowData&) const;     the row's constants
 //   Out Apply(const Row&, In value, In value2) const;
-//
+// and optionally, to map a whole vector at once (e.g. with paired
+// conversions),
+//   static constexpr bool kVectorApply = true;
+//   template <int kVec> Pack<Out, kVec> ApplyVector(const Row&, const Pack<In, kVec>&) const;
+// which must give the bits of Apply element by element (Ops with a second
+// input do not use it).
+template <typename Op, typename = void>
+struct HasVectorApply : std::false_type {};
+template <typename Op>
+struct HasVectorApply<Op, std::enable_if_t<Op::kVectorApply>> : std::true_type {};
+
 // Index is uint32_t when the array has fewer than 2^32 elements (32-bit
 // arithmetic, rows by a multiply-high), else int64_t. With kRowAligned, a
-// thread's vectors that share a row share its loads and constants (one
-// reciprocal for a quantize thread whose vectors lie in one row).
+// thread's vectors that share a row share its constants (one reciprocal for a
+// quantize thread whose vectors lie in one row).
+//
+// Every load is unconditional and issued in order before any use
+// (LoadInOrder): a vector past the end (or the partial last one) loads vector
+// 0 and its row instead, and is never stored. With plain loads the compiler
+// moved each vector's loads down to its use, behind the previous vector's
+// conversions, stores and exit test, so a thread waited for its vectors and
+// their scales one after another (seen in the SASS: a memory latency per
+// vector, and another for the scale). Launchers guarantee total >= kVec.
 template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned>
 __global__ void __launch_bounds__(kBlock)
     RowwiseMapKernel(Op op, Index total, RowDivider<Index> divider) {
@@ -92,26 +111,28 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     first[u] = (block_first + u * kBlock) * kVec;
-    row[u] = divider.Row(first[u]);
-    col[u] = first[u] - row[u] * cols;
+    const bool whole = first[u] + kVec <= total;
+    const Index load_at = whole ? first[u] : Index{0};
+    values[u] = LoadInOrder(reinterpret_cast<const InPack*>(op.in + load_at));
+    if (second) values2[u] = LoadInOrder(reinterpret_cast<const InPack*>(op.in2 + load_at));
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const Index in_range = first[u] < total ? first[u] : Index{0};
+    row[u] = divider.Row(in_range);
+    col[u] = in_range - row[u] * cols;
     new_row[u] = !kRowAligned || u == 0 || row[u] != row[u - 1];
-  }
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    if (first[u] + kVec <= total) {
-      values[u] = *reinterpret_cast<const InPack*>(op.in + first[u]);
-      if (second) values2[u] = *reinterpret_cast<const InPack*>(op.in2 + first[u]);
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    if (first[u] < total && new_row[u]) data[u] = op.LoadRow(row[u]);
+    data[u] = op.LoadRow(row[u]);
   }
 
+  // No early exit on aligned rows: a vector past the end is mapped too (from
+  // vector 0's values) and only its store is predicated off (StoreIf), so that
+  // no branch lies between the loads and their uses for the assembler to sink
+  // loads into.
   decltype(op.Prepare(data[0])) constants;
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
-    if (first[u] >= total) break;
+    const bool live = first[u] < total;
     if (new_row[u]) constants = op.Prepare(data[u]);
     auto next_element = [&]() {
       if (++col[u] == cols) {
@@ -120,20 +141,36 @@ __global__ void __launch_bounds__(kBlock)
         constants = op.Prepare(op.LoadRow(row[u]));
       }
     };
-    // Aligned rows make total a multiple of kVec: every vector is whole.
-    if (kRowAligned || first[u] + kVec <= total) {
+    if constexpr (kRowAligned) {
+      // Aligned rows make total a multiple of kVec: every live vector is whole.
       OutPack results;
+      if constexpr (HasVectorApply<Op>::value) {
+        results = op.template ApplyVector<kVec>(constants, values[u]);
+      } else {
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        results.v[i] = op.Apply(constants, values[u].v[i], second ? values2[u].v[i] : values[u].v[i]);
-        if (!kRowAligned && i + 1 < kVec) next_element();
+        for (int i = 0; i < kVec; ++i) {
+          results.v[i] =
+              op.Apply(constants, values[u].v[i], second ? values2[u].v[i] : values[u].v[i]);
+        }
       }
-      *reinterpret_cast<OutPack*>(op.out + first[u]) = results;
-    } else if constexpr (!kRowAligned) {
-      for (Index e = first[u]; e < total; ++e) {
-        const In value = op.in[e];
-        op.out[e] = op.Apply(constants, value, second ? op.in2[e] : value);
-        if (e + 1 < total) next_element();
+      StoreIf(live, reinterpret_cast<OutPack*>(op.out + first[u]), results);
+    } else {
+      if (!live) break;
+      if (first[u] + kVec <= total) {
+        OutPack results;
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          results.v[i] =
+              op.Apply(constants, values[u].v[i], second ? values2[u].v[i] : values[u].v[i]);
+          if (i + 1 < kVec) next_element();
+        }
+        *reinterpret_cast<OutPack*>(op.out + first[u]) = results;
+      } else {
+        for (Index e = first[u]; e < total; ++e) {
+          const In value = op.in[e];
+          op.out[e] = op.Apply(constants, value, second ? op.in2[e] : value);
+          if (e + 1 < total) next_element();
+        }
       }
     }
   }
@@ -207,7 +244,9 @@ template <typename Tuning, typename Op>
 std::string RunRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStream_t stream,
                           const char* name) {
   constexpr int kVec = RowwiseVectorElements<typename Op::In, typename Op::Out>();
-  if (!RowwiseVectorsFit<Op, kVec>(op)) {
+  // Vectors need aligned buffers, and at least one whole vector (the kernel
+  // loads vector 0 in place of vectors past the end).
+  if (!RowwiseVectorsFit<Op, kVec>(op) || rows * cols < kVec) {
     return LaunchRowwiseMap<Op, 1, 1, 256>(op, rows, cols, stream, name);
   }
   if (rows * cols / kVec < kSmallVectors) {

@@ -6,6 +6,8 @@
 #define JAX_DEQUANT_ROWWISE_OPS_CUH_
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "cuda_types.cuh"
 #include "numerics.h"
@@ -23,7 +25,7 @@ template <typename ScaleT>
 __device__ __forceinline__ StoredRow<ScaleT> LoadStoredRow(const ScaleT* __restrict__ scale,
                                                            const int32_t* __restrict__ zero_point,
                                                            int64_t row) {
-  return {scale[row], zero_point != nullptr ? zero_point[row] : 0};
+  return {LoadInOrder(scale + row), zero_point != nullptr ? LoadInOrder(zero_point + row) : 0};
 }
 
 // out = (q - zero_point) * scale.
@@ -56,13 +58,63 @@ struct DequantizeOp {
   }
 };
 
+// Four levels as four int8 (or uint8) bytes, each saturated to the type's
+// range, first level in the lowest byte: two cvt.pack.sat instructions.
+template <typename QT>
+__device__ __forceinline__ uint32_t PackSaturated4(int32_t l0, int32_t l1, int32_t l2,
+                                                   int32_t l3) {
+  static_assert(sizeof(QT) == 1, "packs bytes");
+  uint32_t high, word;
+  // cvt.pack.sat.{s8,u8}.s32.b32 d, a, b, c: byte 0 of d is sat(b), byte 1
+  // sat(a), bytes 2-3 the low half of c.
+  if constexpr (std::is_signed_v<QT>) {
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;" : "=r"(high) : "r"(l3), "r"(l2));
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;" : "=r"(word) : "r"(l1), "r"(l0), "r"(high));
+  } else {
+    asm("cvt.pack.sat.u8.s32.b32 %0, %1, %2, 0;" : "=r"(high) : "r"(l3), "r"(l2));
+    asm("cvt.pack.sat.u8.s32.b32 %0, %1, %2, %3;" : "=r"(word) : "r"(l1), "r"(l0), "r"(high));
+  }
+  return word;
+}
+
+// quantize_value of kVec values (a multiple of 4) for a float32 compute type
+// with no zero point (0) and the storage type's full range as the clamp:
+// rne(x * r) converted to int32 (saturating at the int32 range; NaN gives 0,
+// the zero point) and packed with saturation to int8/uint8. The same integers
+// as quantize_value (adding a zero point of +0 changes no level) in a third of
+// its instructions.
+template <typename QT, typename XT, int kVec>
+__device__ __forceinline__ Pack<QT, kVec> QuantizeSaturating(const Pack<XT, kVec>& values,
+                                                             float reciprocal) {
+  static_assert(kVec % 4 == 0, "whole 4-byte words of levels");
+  uint32_t words[kVec / 4];
+#pragma unroll
+  for (int j = 0; j < kVec / 4; ++j) {
+    int32_t l[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      l[i] = __float2int_rn(
+          mul_rn(Convert<XT>::template ToCompute<float>(values.v[4 * j + i]), reciprocal));
+    }
+    words[j] = PackSaturated4<QT>(l[0], l[1], l[2], l[3]);
+  }
+  Pack<QT, kVec> levels;
+  memcpy(&levels, words, sizeof(levels));
+  return levels;
+}
+
 // q = clamp(rne(x * (1 / scale) + zero_point), qmin, qmax).
+//
+// `saturating` (set by the launcher) says the clamp is the storage type's
+// whole range and there is no zero point: vectors then go through
+// QuantizeSaturating.
 template <typename XT, typename ScaleT, typename QT>
 struct QuantizeOp {
   using In = XT;
   using Out = QT;
   using C = ComputeType<ScaleT, XT>;
   static constexpr bool kSecondInput = false;
+  static constexpr bool kVectorApply = true;
   struct Row {
     C reciprocal;
     C zero_point;
@@ -75,6 +127,7 @@ struct QuantizeOp {
   const int32_t* zero_point;
   C qmin;
   C qmax;
+  bool saturating;
 
   __device__ __forceinline__ StoredRow<ScaleT> LoadRow(int64_t row) const {
     return LoadStoredRow(scale, zero_point, row);
@@ -86,6 +139,17 @@ struct QuantizeOp {
   __device__ __forceinline__ QT Apply(const Row& row, XT value, XT) const {
     return static_cast<QT>(quantize_value(Convert<XT>::template ToCompute<C>(value),
                                           row.reciprocal, row.zero_point, qmin, qmax));
+  }
+  template <int kVec>
+  __device__ __forceinline__ Pack<QT, kVec> ApplyVector(const Row& row,
+                                                        const Pack<XT, kVec>& values) const {
+    if constexpr (std::is_same_v<C, float> && kVec % 4 == 0) {
+      if (saturating) return QuantizeSaturating<QT>(values, row.reciprocal);
+    }
+    Pack<QT, kVec> levels;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) levels.v[i] = Apply(row, values.v[i], values.v[i]);
+    return levels;
   }
 };
 
@@ -158,7 +222,7 @@ struct FakeQuantizeTangentOp {
   // Without a scale tangent, tangent_scale holds an unused copy of the scale.
   __device__ __forceinline__ StoredTangentRow LoadRow(int64_t row) const {
     return {LoadStoredRow(scale, zero_point, row),
-            tangent_scale != nullptr ? tangent_scale[row] : scale[row]};
+            LoadInOrder((tangent_scale != nullptr ? tangent_scale : scale) + row)};
   }
   __device__ __forceinline__ Row Prepare(const StoredTangentRow& stored) const {
     const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.stored.scale);
