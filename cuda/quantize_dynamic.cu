@@ -59,7 +59,8 @@ struct DynamicParams {
   C qmax;
   C smallest_normal;
   C largest;
-  // Symmetric with the storage type's full range: QuantizeSaturating applies.
+  // Symmetric with the storage type's full range: QuantizeSaturating applies
+  // (to 16-bit rows).
   bool saturating;
 };
 
@@ -205,7 +206,9 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     const C zero = static_cast<C>(zp);
 
     auto quantize_pack = [&](const XPack& values) {
-      if constexpr (std::is_same_v<C, float> && kVec % 4 == 0) {
+      // 16-bit rows only: float32 rows, with twice the registers per element,
+      // spill under the 1024-thread register cap with both paths compiled in.
+      if constexpr (std::is_same_v<C, float> && kVec % 4 == 0 && sizeof(XT) == 2) {
         if (params.saturating) return QuantizeSaturating<QT>(values, reciprocal);
       }
       QPack levels;
