@@ -27,9 +27,10 @@ Timing methods (the output says which one each number used):
   interleaved (each call takes milliseconds, so dispatch is negligible).
 
 Inputs are rotated among several input sets when an op's data is smaller than
-four times the 50 MB L2 of an H100, so that repeated runs do not read them from
-L2; decode shapes fit in L2 whatever one does, and their rows say so
-(``L2-resident``): for those, compare device times, not bandwidth.
+four times the largest L2 we run on (60 MB, an H200's; an H100 has 50 MB), so
+that repeated runs do not read them from L2; decode shapes fit in L2 whatever
+one does, and their rows say so (``L2-resident``): for those, compare device
+times, not bandwidth.
 
 The XLA side is what a user would otherwise run: for dequantize (forward and
 backward) ``jax_dequant.reference`` under ``jax.jit``; for the quantize ops the
@@ -80,7 +81,7 @@ DECODE_SHAPES = ((1, 4096), (16, 4096), (64, 4096), (1, 8192), (16, 8192), (64, 
 PREFILL_SHAPES = {"gpu": ((4096, 4096), (16384, 8192), (65536, 8192)), "cpu": ((4096, 4096),)}
 QUICK_SHAPES = {"gpu": ((16, 4096), (4096, 4096), (16384, 8192)), "cpu": ((16, 4096), (4096, 4096))}
 DECODE_MAX_ROWS = 64
-L2_BYTES = 50 * 1024 * 1024  # an H100's L2; inputs larger than 4x this need no rotation
+L2_BYTES = 60 * 1024 * 1024  # an H200's L2 (an H100's is 50 MB); inputs over 4x this need no rotation
 COPY_BYTES = 1 << 30  # the copy-bandwidth buffer: 1 GiB read + 1 GiB written
 MIB = 1024 * 1024
 QMIN, QMAX = -128, 127
@@ -1172,7 +1173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if platform == "gpu":
         print(
-            "L2-resident: decode shapes fit in the 50 MB L2; compare their device times, not GB/s."
+            "L2-resident: decode shapes fit in L2 (50-60 MB); compare their device times, not GB/s."
         )
     print(
         "speedup = XLA time / our time (> 1: ours is faster). GB/s counts each input read once "
