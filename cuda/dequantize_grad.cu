@@ -185,16 +185,18 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
     DequantizeGradKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
                          const ScaleT* __restrict__ scale, const int32_t* __restrict__ zero_point,
                          QT* __restrict__ dq, ScaleT* __restrict__ dscale, int64_t rows,
-                         int64_t cols, int group, bool vector_ok) {
+                         int64_t cols, int group_log2, bool vector_ok) {
   using C = ComputeType<ScaleT, OutT>;
   constexpr int kVec = kChunkElements<QT, OutT>;
   __shared__ C shared[kBlock / kWarp];
 
-  const int groups_per_block = kBlock / group;
-  const int lane = threadIdx.x % group;
+  // The group is a power of two: shifts and masks, not divisions.
+  const int group = 1 << group_log2;
+  const int groups_per_block = kBlock >> group_log2;
+  const int lane = threadIdx.x & (group - 1);
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * groups_per_block; base < rows;
        base += static_cast<int64_t>(gridDim.x) * groups_per_block) {
-    const int64_t row = base + threadIdx.x / group;
+    const int64_t row = base + (threadIdx.x >> group_log2);
     const bool active = row < rows;
     // XLA (the reference's gradient) starts a sum from +0 but folds a sum of
     // one term into the term; starting from -0 (the exact identity) for D = 1
@@ -252,14 +254,15 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
                             const ScaleT* __restrict__ scale_tangent, const QT* __restrict__ q,
                             const ScaleT* __restrict__ scale,
                             const int32_t* __restrict__ zero_point, OutT* __restrict__ out,
-                            int64_t rows, int64_t cols, int group, bool vector_ok) {
+                            int64_t rows, int64_t cols, int group_log2, bool vector_ok) {
   using C = ComputeType<ScaleT, OutT>;
   constexpr int kVec = kChunkElements<QT, OutT>;
-  const int groups_per_block = kBlock / group;
-  const int lane = threadIdx.x % group;
+  const int group = 1 << group_log2;
+  const int groups_per_block = kBlock >> group_log2;
+  const int lane = threadIdx.x & (group - 1);
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * groups_per_block; base < rows;
        base += static_cast<int64_t>(gridDim.x) * groups_per_block) {
-    const int64_t row = base + threadIdx.x / group;
+    const int64_t row = base + (threadIdx.x >> group_log2);
     if (row >= rows) continue;
     const C row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
     const C row_scale_tangent = Convert<ScaleT>::template ToCompute<C>(scale_tangent[row]);
@@ -296,6 +299,12 @@ int GroupSize(int64_t cols, int vec, int64_t chunks_per_lane = kChunksPerLane) {
   return group;
 }
 
+int Log2(int power_of_two) {
+  int log2 = 0;
+  while ((1 << log2) < power_of_two) ++log2;
+  return log2;
+}
+
 int64_t GridSize(int64_t rows, int group) {
   const int64_t groups_per_block = kBlock / group;
   const int64_t blocks = (rows + groups_per_block - 1) / groups_per_block;
@@ -321,7 +330,7 @@ std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream,
       <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(
           static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q),
           static_cast<const ScaleT*>(p.scale), p.zero_point, static_cast<QT*>(p.dq),
-          static_cast<ScaleT*>(p.dscale), p.rows, p.cols, group, vector_ok);
+          static_cast<ScaleT*>(p.dscale), p.rows, p.cols, Log2(group), vector_ok);
   return LaunchStatus("dequantize_per_token backward");
 }
 
@@ -365,7 +374,7 @@ std::string DequantizeTangent(const DequantizeTangentProblem& p, cudaStream_t st
               <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(
                   static_cast<const QT*>(p.q_tangent), static_cast<const ScaleT*>(p.scale_tangent),
                   static_cast<const QT*>(p.q), static_cast<const ScaleT*>(p.scale), p.zero_point,
-                  static_cast<OutT*>(p.out), p.rows, p.cols, group, vector_ok);
+                  static_cast<OutT*>(p.out), p.rows, p.cols, Log2(group), vector_ok);
           return LaunchStatus("dequantize_per_token tangent");
         }
       });
