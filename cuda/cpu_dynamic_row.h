@@ -89,7 +89,7 @@ struct RowRangeLanes {
 // The row's range widened to include 0, with the NaN rule of extend_range (a
 // NaN anywhere makes both ends NaN): the lanes, combined, then the last
 // columns.
-template <bool kAvx2, typename XT, typename C>
+template <Isa kIsa, typename XT, typename C>
 JDQ_ALWAYS_INLINE void RowRange(const XT* __restrict x, int64_t cols, C& lo, C& hi) {
   using Lanes = RowRangeLanes<XT, C>;
   C lane_lo[Lanes::kWidth];
@@ -97,7 +97,7 @@ JDQ_ALWAYS_INLINE void RowRange(const XT* __restrict x, int64_t cols, C& lo, C& 
   bool nan = false;
   int64_t col = 0;
 #if JDQ_CPU_AVX2
-  if constexpr (kAvx2 && Lanes::kHasAvx2) {
+  if constexpr (kIsa != Isa::kBaseline && Lanes::kHasAvx2) {
     col = Lanes::Avx2(x, cols, lane_lo, lane_hi, &nan);
   } else {
     col = Lanes::Scalar(x, cols, lane_lo, lane_hi, &nan);

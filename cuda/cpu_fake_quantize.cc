@@ -125,7 +125,7 @@ struct FakeQuantizeMap {
 // reference.choose_scale), then the row fake quantized with them.
 template <typename XT>
 struct FakeQuantizeDynamicKernel {
-  template <bool kAvx2>
+  template <Isa kIsa>
   static JDQ_ALWAYS_INLINE void Run(const FakeQuantizeDynamicProblem* p, int64_t begin,
                                     int64_t end) {
     using Map = FakeQuantizeMap<XT, float>;
@@ -138,7 +138,7 @@ struct FakeQuantizeDynamicKernel {
     for (int64_t row = begin; row < end; ++row) {
       const XT* x_row = x + row * p->cols;
       C lo, hi;
-      RowRange<kAvx2>(x_row, p->cols, lo, hi);
+      RowRange<kIsa>(x_row, p->cols, lo, hi);
       const auto choice = ChooseRow<float>(lo, hi, p->symmetric, qmin, qmax, range);
       p->scale[row] = choice.stored_scale;
       p->zero_point[row] = choice.zero_point;
@@ -146,7 +146,7 @@ struct FakeQuantizeDynamicKernel {
           {choice.scale, reciprocal_rn(choice.scale), static_cast<C>(choice.zero_point)},
           qmin,
           qmax};
-      RunSpan<kAvx2, Map>(x_row, out + row * p->cols, p->cols, r);
+      RunSpan<kIsa, Map>(x_row, out + row * p->cols, p->cols, r);
     }
   }
 };
@@ -239,9 +239,12 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner*
   return VisitFloat<CpuTypes>(p.x_type, [&](auto x_tag) {
     using XT = typename decltype(x_tag)::type;
     const FakeQuantizeDynamicProblem problem = p;
-    ParallelRows(p.rows, p.cols, runner, [problem](int64_t begin, int64_t end) {
-      PrefaultForWriting(static_cast<XT*>(problem.out) + begin * problem.cols,
-                         (end - begin) * problem.cols * sizeof(XT));
+    const bool prefault = WantsPrefault(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
+    ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+      if (prefault) {
+        PrefaultForWriting(static_cast<XT*>(problem.out) + begin * problem.cols,
+                           (end - begin) * problem.cols * sizeof(XT));
+      }
       RunForIsa<FakeQuantizeDynamicKernel<XT>>(&problem, begin, end);
     });
     return std::string();

@@ -1,7 +1,8 @@
 // CPU dequantize kernel: plain loops that the compiler vectorizes (compiled
 // for the build's baseline ISA and for AVX2, chosen at run time: cpu_simd.h),
-// split over XLA's intra-op threads when the problem is large. Also the switch
-// between the instruction sets (UseAvx2, SetAvx2Enabled).
+// split over XLA's intra-op threads when the problem is large. Also the
+// switches between the instruction sets (UseAvx2, SetAvx2Enabled, UseAvx512,
+// SetAvx512Enabled).
 //
 // Arithmetic runs with subnormals flushed to zero (inputs and results), as
 // XLA:CPU does for its own computations, so our results and XLA's compiled
@@ -33,7 +34,19 @@ bool CpuHasAvx2() {
 #endif
 }
 
+bool CpuHasAvx512() {
+#if JDQ_CPU_AVX2
+  static const bool has_avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has_avx512;
+#else
+  return false;
+#endif
+}
+
 std::atomic<bool> avx2_enabled{true};
+std::atomic<bool> avx512_enabled{true};
 
 // --- Dequantize ----------------------------------------------------------------------------------
 
@@ -98,6 +111,15 @@ bool UseAvx2() { return CpuHasAvx2() && avx2_enabled.load(std::memory_order_rela
 bool SetAvx2Enabled(bool enabled) {
   avx2_enabled.store(enabled, std::memory_order_relaxed);
   return UseAvx2();
+}
+
+bool UseAvx512() {
+  return UseAvx2() && CpuHasAvx512() && avx512_enabled.load(std::memory_order_relaxed);
+}
+
+bool SetAvx512Enabled(bool enabled) {
+  avx512_enabled.store(enabled, std::memory_order_relaxed);
+  return UseAvx512();
 }
 
 std::string Dequantize(const DequantizeProblem& p, TaskRunner* runner) {

@@ -29,6 +29,13 @@ class TaskRunner {
 // Returns whether the AVX2 loops now run. For tests and benchmarks.
 bool SetAvx2Enabled(bool enabled);
 
+// Turns the AVX-512 loops (static quantize, and the quantize pass of dynamic
+// quantize) on (the default, where the CPU has AVX-512 F, BW, VL and DQ) or
+// off (the AVX2 or baseline loops run; all give the same bits). Returns
+// whether they now run (never while the AVX2 loops are off). For tests and
+// benchmarks.
+bool SetAvx512Enabled(bool enabled);
+
 // `runner` may be null: everything then runs on the calling thread.
 std::string Dequantize(const DequantizeProblem& problem, TaskRunner* runner = nullptr);
 

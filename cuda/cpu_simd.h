@@ -1,11 +1,12 @@
 // The instruction sets of the CPU kernels: loops are compiled for the build's
-// baseline ISA and, on x86-64, for AVX2 + F16C, and one is chosen at run time
-// (UseAvx2, RunForIsa, RunSpan). The AVX2 building blocks shared by the
-// kernels live here: 8-lane loads and stores of every storage type, the
-// quantized level of 8 values, the padded tail block, and the row pieces of a
-// flat element range (RowPieces). No FMA anywhere: the numerics forbid contraction (the library is
-// built with -ffp-contract=off as well). Each lane computes exactly the scalar
-// expression of numerics.h, under the same flush-to-zero mode (cpu_flush.h).
+// baseline ISA and, on x86-64, for AVX2 + F16C and for AVX-512 (F, BW, VL, DQ),
+// and one is chosen at run time (Isa, UseAvx2, UseAvx512, RunForIsa, RunSpan).
+// The SIMD building blocks shared by the kernels live here: 8-lane (AVX2) and
+// 16-lane (AVX-512) loads and stores, the quantized level of a vector, the
+// padded tail block, and the row pieces of a flat element range (RowPieces).
+// No FMA anywhere: the numerics forbid contraction (the library is built with
+// -ffp-contract=off as well). Each lane computes exactly the scalar expression
+// of numerics.h, under the same flush-to-zero mode (cpu_flush.h).
 #ifndef JAX_DEQUANT_CPU_SIMD_H_
 #define JAX_DEQUANT_CPU_SIMD_H_
 
@@ -19,6 +20,9 @@
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define JDQ_CPU_AVX2 1
 #define JDQ_TARGET_AVX2 __attribute__((target("avx2,f16c")))
+// AVX-512 code may call (and inline) AVX2 code: this target includes AVX2's.
+#define JDQ_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
 #include <immintrin.h>
 #else
 #define JDQ_CPU_AVX2 0
@@ -31,26 +35,41 @@
 
 namespace jdq::cpu {
 
+// The instruction set a kernel's loops are compiled for. Each level includes
+// the one before: AVX-512 code uses AVX2 spans where it has no wider ones.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
 // Whether the AVX2 loops run: the CPU has AVX2 and F16C, and they are not
 // turned off (SetAvx2Enabled, cpu_kernels.h). Defined in cpu_kernels.cc.
 bool UseAvx2();
+// Whether the AVX-512 loops run: UseAvx2(), the CPU has AVX-512 F, BW, VL and
+// DQ, and they are not turned off (SetAvx512Enabled).
+bool UseAvx512();
 
-// Runs Kernel::template Run<kAvx2>(args...) compiled for the chosen
-// instruction set. Kernel::Run must be JDQ_ALWAYS_INLINE, so that its loops
-// are compiled inside these wrappers, with their target.
+// Runs Kernel::template Run<isa>(args...) compiled for the chosen instruction
+// set. Kernel::Run must be JDQ_ALWAYS_INLINE, so that its loops are compiled
+// inside these wrappers, with their target.
 template <typename Kernel, typename... Args>
 void RunBaseline(Args... args) {
-  Kernel::template Run<false>(args...);
+  Kernel::template Run<Isa::kBaseline>(args...);
 }
 #if JDQ_CPU_AVX2
 template <typename Kernel, typename... Args>
 JDQ_TARGET_AVX2 void RunAvx2(Args... args) {
-  Kernel::template Run<true>(args...);
+  Kernel::template Run<Isa::kAvx2>(args...);
+}
+template <typename Kernel, typename... Args>
+JDQ_TARGET_AVX512 void RunAvx512(Args... args) {
+  Kernel::template Run<Isa::kAvx512>(args...);
 }
 #endif
 template <typename Kernel, typename... Args>
 void RunForIsa(Args... args) {
 #if JDQ_CPU_AVX2
+  if (UseAvx512()) {
+    RunAvx512<Kernel>(args...);
+    return;
+  }
   if (UseAvx2()) {
     RunAvx2<Kernel>(args...);
     return;
@@ -59,15 +78,26 @@ void RunForIsa(Args... args) {
   RunBaseline<Kernel>(args...);
 }
 
+// Whether a span struct has an AVX-512 loop (`static constexpr bool
+// kHasAvx512 = true;`).
+template <typename Span, typename = void>
+struct HasAvx512Span : std::false_type {};
+template <typename Span>
+struct HasAvx512Span<Span, std::enable_if_t<Span::kHasAvx512>> : std::true_type {};
+
 // A span computation (one piece of one row) is a struct with a scalar loop,
-// `static void Scalar(args...)`, and where `kHasAvx2` an AVX2 one, `static
-// void Avx2(args...)`. RunSpan calls the one for the instruction set; it is
-// always inlined, so the scalar loop is compiled (and vectorized) with the
+// `static void Scalar(args...)`, where `kHasAvx2` an AVX2 one, `static void
+// Avx2(args...)`, and where `kHasAvx512` an AVX-512 one, `static void
+// Avx512(args...)`. RunSpan calls the widest the instruction set allows; it
+// is always inlined, so the scalar loop is compiled (and vectorized) with the
 // caller's target.
-template <bool kAvx2, typename Span, typename... Args>
+template <Isa kIsa, typename Span, typename... Args>
 JDQ_ALWAYS_INLINE void RunSpan(Args... args) {
 #if JDQ_CPU_AVX2
-  if constexpr (kAvx2 && Span::kHasAvx2) {
+  if constexpr (kIsa == Isa::kAvx512 && HasAvx512Span<Span>::value) {
+    Span::Avx512(args...);
+    return;
+  } else if constexpr (kIsa != Isa::kBaseline && Span::kHasAvx2) {
     Span::Avx2(args...);
     return;
   }
@@ -218,6 +248,95 @@ JDQ_TARGET_AVX2 JDQ_ALWAYS_INLINE void MapValues16(const In* in, Out* out, int64
 }
 
 }  // namespace avx2
+#endif  // JDQ_CPU_AVX2
+
+#if JDQ_CPU_AVX2
+namespace avx512 {
+
+// --- Loads: 16 values widened to float32 lanes ---------------------------------------------------
+
+JDQ_TARGET_AVX512 inline __m512 Load16(const float* x) { return _mm512_loadu_ps(x); }
+
+// vcvtph2ps, as avx2::Load8.
+JDQ_TARGET_AVX512 inline __m512 Load16(const Float16* x) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+}
+
+// BFloat16ToFloat: the bits moved up.
+JDQ_TARGET_AVX512 inline __m512 Load16(const BFloat16* x) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// --- Quantized levels ------------------------------------------------------------------------------
+
+// The per-row constants of quantize_value in 16 lanes.
+struct LevelConstants {
+  __m512 reciprocal;
+  __m512 zero_point;
+  __m512 qmin;
+  __m512 qmax;
+};
+
+JDQ_TARGET_AVX512 inline LevelConstants MakeLevelConstants(float reciprocal, float zero_point,
+                                                            float qmin, float qmax) {
+  return {_mm512_set1_ps(reciprocal), _mm512_set1_ps(zero_point), _mm512_set1_ps(qmin),
+          _mm512_set1_ps(qmax)};
+}
+
+// quantize_value on 16 lanes, as avx2::Levels8: clamp(rne(x * r + zp), qmin,
+// qmax) with NaN acting as the zero point; vrndscaleps with round-to-nearest
+// rounds half to even, and the NaN lanes take the zero point under a mask.
+JDQ_TARGET_AVX512 inline __m512 Levels16(__m512 x, const LevelConstants& k) {
+  __m512 level = _mm512_add_ps(_mm512_mul_ps(x, k.reciprocal), k.zero_point);
+  level = _mm512_roundscale_ps(level, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  level = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(level, level, _CMP_UNORD_Q), level,
+                               k.zero_point);
+  level = _mm512_max_ps(k.qmin, level);
+  return _mm512_min_ps(k.qmax, level);
+}
+
+// Levels16 where the zero point is 0 and qmin <= 0 <= qmax, as integers in
+// int32 lanes: clamp first (NaN lanes become 0 under the mask, which is the
+// clamped zero point), then one conversion rounding half to even. The same
+// integers, since clamping to integer bounds commutes with rounding and adding
+// a zero point of 0 changes no level; two instructions fewer.
+JDQ_TARGET_AVX512 inline __m512i LevelsNoZeroPoint16(__m512 x, const LevelConstants& k) {
+  const __m512 product = _mm512_mul_ps(x, k.reciprocal);
+  const __mmask16 ordered = _mm512_cmp_ps_mask(product, product, _CMP_ORD_Q);
+  const __m512 clamped = _mm512_min_ps(k.qmax, _mm512_maskz_max_ps(ordered, k.qmin, product));
+  return _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// 16 levels (integers in [qmin, qmax], within QT's range) as int8/uint8: the
+// conversion is exact, and the narrowing (vpmovdb) keeps the low byte, which
+// is the level itself.
+template <typename QT>
+JDQ_TARGET_AVX512 inline void StoreLevels16(QT* q, __m512i levels) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(levels));
+}
+template <typename QT>
+JDQ_TARGET_AVX512 inline void StoreLevels16(QT* q, __m512 levels) {
+  StoreLevels16(q, _mm512_cvtps_epi32(levels));
+}
+
+// Runs block(in + i, out + i) over [0, count) in blocks of kBlock elements;
+// the last partial block runs on zero-padded copies, as avx2::ForEachBlock.
+template <int kBlock, typename In, typename Out, typename Block>
+JDQ_TARGET_AVX512 JDQ_ALWAYS_INLINE void ForEachBlock(const In* in, Out* out, int64_t count,
+                                                      const Block& block) {
+  int64_t i = 0;
+  for (; i + kBlock <= count; i += kBlock) block(in + i, out + i);
+  if (i < count) {
+    In in_block[kBlock] = {};
+    Out out_block[kBlock];
+    std::memcpy(in_block, in + i, (count - i) * sizeof(In));
+    block(in_block, out_block);
+    std::memcpy(out + i, out_block, (count - i) * sizeof(Out));
+  }
+}
+
+}  // namespace avx512
 #endif  // JDQ_CPU_AVX2
 
 // The pieces of rows that make up the flat elements [begin, end) of an array

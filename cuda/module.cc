@@ -83,6 +83,14 @@ NB_MODULE(_jax_dequant_ffi, m) {
       "run. For tests and benchmarks.");
 
   m.def(
+      "set_cpu_avx512",
+      [](bool enabled) { return jdq::cpu::SetAvx512Enabled(enabled); }, nb::arg("enabled"),
+      "Turns the CPU kernels' AVX-512 loops on (the default where the CPU has AVX-512 F, BW, VL "
+      "and DQ) or off (the AVX2 or baseline loops run; all give the same bits). Returns whether "
+      "the AVX-512 loops now run (never while the AVX2 loops are off). For tests and "
+      "benchmarks.");
+
+  m.def(
       "build_info",
       []() {
         nb::dict info;

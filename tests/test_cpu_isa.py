@@ -1,9 +1,10 @@
-"""Both instruction-set paths of the CPU kernels, bit for bit against the reference.
+"""Every instruction-set path of the CPU kernels, bit for bit against the reference.
 
-On x86-64 the CPU kernels run AVX2 + F16C loops (cuda/cpu_simd.h) when the CPU
-has them and baseline loops otherwise. ``set_cpu_avx2`` of the compiled library
-switches between them at run time, so every test here runs each path on this
-machine (the AVX2 one is skipped on a CPU without it). The rows mix special
+On x86-64 the CPU kernels run AVX-512 loops (static quantize and dynamic
+quantize's quantize pass) and AVX2 + F16C loops (cuda/cpu_simd.h) when the CPU
+has them, and baseline loops otherwise. ``set_cpu_avx512`` and ``set_cpu_avx2``
+of the compiled library switch between them at run time, so every test here
+runs each path on this machine (a path the CPU lacks is skipped). The rows mix special
 values (NaN, +-inf, +-0, exact ties, values beyond qmin/qmax, subnormals of
 every float type) with random ones, in odd widths so that the vector blocks
 have tails, and in sizes that split over XLA's threads mid-row.
@@ -29,15 +30,21 @@ FLOATS = ["bfloat16", "float16", "float32"]
 SHAPES = [(5, 33), (3, 1), (7, 4097), (40, 4099), (1, 200003)]
 
 
-@pytest.fixture(params=["avx2", "baseline"])
+@pytest.fixture(params=["avx512", "avx2", "baseline"])
 def cpu_isa(request):
-    """Runs the test with the AVX2 loops on, then off; restores the default."""
-    wanted = request.param == "avx2"
-    if _jax_dequant_ffi.set_cpu_avx2(wanted) != wanted:
+    """Runs the test with the AVX-512 loops, the AVX2 loops and the baseline loops; restores
+    the default (the widest the CPU has)."""
+    want_avx2 = request.param != "baseline"
+    want_avx512 = request.param == "avx512"
+    try:
+        if _jax_dequant_ffi.set_cpu_avx2(want_avx2) != want_avx2:
+            pytest.skip("this CPU has no AVX2 + F16C loops")
+        if _jax_dequant_ffi.set_cpu_avx512(want_avx512) != want_avx512:
+            pytest.skip("this CPU has no AVX-512 F/BW/VL/DQ loops")
+        yield request.param
+    finally:
         _jax_dequant_ffi.set_cpu_avx2(True)
-        pytest.skip("this CPU has no AVX2 + F16C loops")
-    yield request.param
-    _jax_dequant_ffi.set_cpu_avx2(True)
+        _jax_dequant_ffi.set_cpu_avx512(True)
 
 
 def _special_values(dtype) -> np.ndarray:
