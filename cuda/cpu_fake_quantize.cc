@@ -272,16 +272,30 @@ std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p) {
   });
 }
 
-std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& p) {
+// Whole rows over XLA's threads: a row's grad_scale is summed by one thread
+// in the same order as before, so the bits do not depend on the split.
+std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& p, TaskRunner* runner) {
   ScopedFlushDenormals flush;
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
     const auto run = [&](auto want_grad_x) {
-      FakeQuantizeBackwardRows<XT, ScaleT, decltype(want_grad_x)::value>(
-          static_cast<const XT*>(p.x), static_cast<const ScaleT*>(p.scale), p.zero_point,
-          static_cast<const XT*>(p.cotangent), static_cast<XT*>(p.grad_x),
-          static_cast<ScaleT*>(p.grad_scale), p.rows, p.cols, p.qmin, p.qmax);
+      constexpr bool kWantGradX = decltype(want_grad_x)::value;
+      const FakeQuantizeBackwardProblem problem = p;
+      const bool prefault =
+          kWantGradX && WantsPrefault(p.grad_x, p.rows * p.cols * int64_t{sizeof(XT)});
+      ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+        const int64_t offset = begin * problem.cols;
+        XT* grad_x = kWantGradX ? static_cast<XT*>(problem.grad_x) + offset : nullptr;
+        if (prefault) PrefaultForWriting(grad_x, (end - begin) * problem.cols * sizeof(XT));
+        FakeQuantizeBackwardRows<XT, ScaleT, kWantGradX>(
+            static_cast<const XT*>(problem.x) + offset,
+            static_cast<const ScaleT*>(problem.scale) + begin,
+            problem.zero_point != nullptr ? problem.zero_point + begin : nullptr,
+            static_cast<const XT*>(problem.cotangent) + offset, grad_x,
+            static_cast<ScaleT*>(problem.grad_scale) + begin, end - begin, problem.cols,
+            problem.qmin, problem.qmax);
+      });
       return std::string();
     };
     return p.grad_x != nullptr ? run(std::true_type{}) : run(std::false_type{});

@@ -50,7 +50,8 @@ std::string FakeQuantize(const FakeQuantizeProblem& problem, TaskRunner* runner 
 std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem,
                                 TaskRunner* runner = nullptr);
 std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
-std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem);
+std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem,
+                                 TaskRunner* runner = nullptr);
 
 // Static and dynamic quantization (cpu_quantize.cc), split over `runner`'s
 // threads when it is given.

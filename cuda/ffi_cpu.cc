@@ -95,14 +95,15 @@ ffi::Error FakeQuantizeTangentCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale,
   return ToError(cpu::FakeQuantizeTangent(*problem));
 }
 
-ffi::Error FakeQuantizeBackwardCpuImpl(ffi::AnyBuffer cotangent, ffi::AnyBuffer x,
-                                       ffi::AnyBuffer scale, ffi::RemainingArgs zero_point,
-                                       ffi::RemainingRets results, bool want_grad_x, int32_t qmin,
-                                       int32_t qmax) {
+ffi::Error FakeQuantizeBackwardCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer cotangent,
+                                       ffi::AnyBuffer x, ffi::AnyBuffer scale,
+                                       ffi::RemainingArgs zero_point, ffi::RemainingRets results,
+                                       bool want_grad_x, int32_t qmin, int32_t qmax) {
   auto problem = DecodeFakeQuantizeBackward(cotangent, x, scale, zero_point, results, want_grad_x,
                                             qmin, qmax);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::FakeQuantizeBackward(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::FakeQuantizeBackward(*problem, &runner));
 }
 
 ffi::Error QuantizeCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer scale,
@@ -209,6 +210,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeTangentCpu, jdq::FakeQuantizeTangen
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeBackwardCpu, jdq::FakeQuantizeBackwardCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // cotangent
                                   .Arg<xla::ffi::AnyBuffer>()  // x
                                   .Arg<xla::ffi::AnyBuffer>()  // scale

@@ -192,6 +192,50 @@ def test_fake_quantize_forward_over_threads_matches_reference(
 @pytest.mark.parametrize(
     "shape,x_dtype,scale_dtype,symmetric",
     [
+        ((1500, 1001), "bfloat16", "float32", False),
+        ((400, 4097), "float32", "float32", True),
+        ((70001, 3), "float16", "float16", True),
+    ],
+)
+def test_fake_quantize_backward_over_threads(device, shape, x_dtype, scale_dtype, symmetric):
+    """The backward splits whole rows over XLA's CPU threads. grad_x is elementwise: bit for
+    bit the reference's. grad_scale is one sum per row, in the kernel's own fixed order: each
+    row's bits equal those of that row run alone (too small to split), so the split changes
+    nothing and every row was written."""
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = (rng.standard_normal(shape) * 3).astype(x_dtype)
+    x[::97, ::13] = np.inf
+    x[::89, ::11] = np.nan
+    x[::7, ::5] = 0
+    scale = rng.uniform(0.01, 0.05, size=shape[:-1]).astype(scale_dtype)
+    zero_point = None if symmetric else rng.integers(100, 156, size=shape[:-1]).astype(np.int32)
+    dtype = np.int8 if symmetric else np.uint8
+    cotangent = rng.standard_normal(shape).astype(x_dtype)
+
+    def backward(module):
+        def run(xs, s, zp, ct):
+            _, pullback = jax.vjp(
+                lambda a, b: module.fake_quantize_per_token(a, b, zp, dtype=dtype), xs, s
+            )
+            return pullback(ct)
+
+        return run
+
+    args = (x, scale, zero_point, cotangent)
+    grad_x, grad_scale = _run_on(device, backward(jdq), args)
+    want_x, _ = _run_on(jax.devices("cpu")[0], backward(jdq.reference), args, jit=False)
+    assert_bitwise_equal(grad_x, want_x, f"grad_x {shape} {x_dtype} sym={symmetric}")
+    for row in (0, 1, shape[0] // 2, shape[0] - 1):
+        one = tuple(None if a is None else a[row : row + 1] for a in args)
+        _, alone = _run_on(device, backward(jdq), one)
+        assert_bitwise_equal(
+            np.asarray(grad_scale)[row : row + 1], alone, f"grad_scale row {row} of {shape}"
+        )
+
+
+@pytest.mark.parametrize(
+    "shape,x_dtype,scale_dtype,symmetric",
+    [
         # More than 2^19 vectors: the CUDA row-wise map runs several vectors per
         # thread. 4100 % 8 != 0: vectors cross row ends; zero points.
         ((1025, 4100), "bfloat16", "float32", False),
