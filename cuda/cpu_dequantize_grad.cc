@@ -12,6 +12,7 @@
 
 #include "cpu_flush.h"
 #include "cpu_kernels.h"
+#include "cpu_parallel.h"
 #include "cpu_types.h"
 #include "dispatch.h"
 #include "numerics.h"
@@ -111,7 +112,17 @@ void TangentRows(const QT* __restrict q_tangent, const ScaleT* __restrict scale_
 
 }  // namespace
 
-std::string DequantizeGrad(const DequantizeGradProblem& p) {
+// Both entry points split whole rows over XLA's threads (cpu_parallel.h): a
+// row's dscale is summed by one thread in the order above, so the bits do not
+// depend on the split. A fresh dq or tangent output is prefaulted.
+
+// `base` advanced by `offset` elements; null stays null.
+template <typename T>
+T* Offset(T* base, int64_t offset) {
+  return base != nullptr ? base + offset : nullptr;
+}
+
+std::string DequantizeGrad(const DequantizeGradProblem& p, TaskRunner* runner) {
   const bool want_dq = p.dq != nullptr;
   const bool want_dscale = p.dscale != nullptr;
   if (!want_dq && !want_dscale) return "dequantize_per_token backward: no output requested";
@@ -121,30 +132,36 @@ std::string DequantizeGrad(const DequantizeGradProblem& p) {
         using QT = typename decltype(q_tag)::type;
         using ScaleT = typename decltype(scale_tag)::type;
         using OutT = typename decltype(out_tag)::type;
-        const auto* dy = static_cast<const OutT*>(p.dy);
-        const auto* q = static_cast<const QT*>(p.q);
-        const auto* scale = static_cast<const ScaleT*>(p.scale);
-        auto* dq = static_cast<QT*>(p.dq);
-        auto* dscale = static_cast<ScaleT*>(p.dscale);
+        const DequantizeGradProblem problem = p;
+        const auto run = [&](auto dq_tag, auto dscale_tag) {
+          constexpr bool kDq = decltype(dq_tag)::value;
+          constexpr bool kDscale = decltype(dscale_tag)::value;
+          const bool prefault = kDq && WantsPrefault(p.dq, p.rows * p.cols * int64_t{sizeof(QT)});
+          ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+            const int64_t offset = begin * problem.cols;
+            QT* dq = Offset(static_cast<QT*>(problem.dq), offset);
+            if (prefault) PrefaultForWriting(dq, (end - begin) * problem.cols * sizeof(QT));
+            GradRows<QT, ScaleT, OutT, kDq, kDscale>(
+                Offset(static_cast<const OutT*>(problem.dy), offset),
+                Offset(static_cast<const QT*>(problem.q), offset),
+                Offset(static_cast<const ScaleT*>(problem.scale), begin),
+                Offset(problem.zero_point, begin), dq,
+                Offset(static_cast<ScaleT*>(problem.dscale), begin), end - begin, problem.cols);
+          });
+          return std::string();
+        };
         if constexpr (std::is_integral_v<QT>) {
           if (want_dq) return std::string("dequantize_per_token backward: dq needs a float q");
-          GradRows<QT, ScaleT, OutT, false, true>(dy, q, scale, p.zero_point, dq, dscale, p.rows,
-                                                  p.cols);
-        } else if (want_dq && want_dscale) {
-          GradRows<QT, ScaleT, OutT, true, true>(dy, q, scale, p.zero_point, dq, dscale, p.rows,
-                                                 p.cols);
-        } else if (want_dq) {
-          GradRows<QT, ScaleT, OutT, true, false>(dy, q, scale, p.zero_point, dq, dscale, p.rows,
-                                                  p.cols);
+          return run(std::false_type{}, std::true_type{});
         } else {
-          GradRows<QT, ScaleT, OutT, false, true>(dy, q, scale, p.zero_point, dq, dscale, p.rows,
-                                                  p.cols);
+          if (want_dq && want_dscale) return run(std::true_type{}, std::true_type{});
+          if (want_dq) return run(std::true_type{}, std::false_type{});
+          return run(std::false_type{}, std::true_type{});
         }
-        return std::string();
       });
 }
 
-std::string DequantizeTangent(const DequantizeTangentProblem& p) {
+std::string DequantizeTangent(const DequantizeTangentProblem& p, TaskRunner* runner) {
   ScopedFlushDenormals flush;
   return VisitDequantizeTypes<CpuTypes>(
       p.q_type, p.scale_type, p.out_type, [&](auto q_tag, auto scale_tag, auto out_tag) {
@@ -154,10 +171,18 @@ std::string DequantizeTangent(const DequantizeTangentProblem& p) {
         if constexpr (std::is_integral_v<QT>) {
           return std::string("dequantize_per_token tangent: q must be a float carrier");
         } else {
-          TangentRows(static_cast<const QT*>(p.q_tangent),
-                      static_cast<const ScaleT*>(p.scale_tangent), static_cast<const QT*>(p.q),
-                      static_cast<const ScaleT*>(p.scale), p.zero_point, static_cast<OutT*>(p.out),
-                      p.rows, p.cols);
+          const DequantizeTangentProblem problem = p;
+          const bool prefault = WantsPrefault(p.out, p.rows * p.cols * int64_t{sizeof(OutT)});
+          ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+            const int64_t offset = begin * problem.cols;
+            OutT* out = static_cast<OutT*>(problem.out) + offset;
+            if (prefault) PrefaultForWriting(out, (end - begin) * problem.cols * sizeof(OutT));
+            TangentRows(static_cast<const QT*>(problem.q_tangent) + offset,
+                        static_cast<const ScaleT*>(problem.scale_tangent) + begin,
+                        static_cast<const QT*>(problem.q) + offset,
+                        static_cast<const ScaleT*>(problem.scale) + begin,
+                        Offset(problem.zero_point, begin), out, end - begin, problem.cols);
+          });
           return std::string();
         }
       });

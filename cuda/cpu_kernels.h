@@ -40,9 +40,10 @@ bool SetAvx512Enabled(bool enabled);
 std::string Dequantize(const DequantizeProblem& problem, TaskRunner* runner = nullptr);
 
 // Backward of dequantize (cpu_dequantize_grad.cc): dq and/or dscale.
-std::string DequantizeGrad(const DequantizeGradProblem& problem);
+std::string DequantizeGrad(const DequantizeGradProblem& problem, TaskRunner* runner = nullptr);
 // Forward-mode tangent of dequantize in q and scale together.
-std::string DequantizeTangent(const DequantizeTangentProblem& problem);
+std::string DequantizeTangent(const DequantizeTangentProblem& problem,
+                              TaskRunner* runner = nullptr);
 
 // fake_quantize_per_token (cpu_fake_quantize.cc).
 // The forward passes split their rows over `runner`'s threads when it is given.

@@ -32,36 +32,41 @@ ffi::Error DequantizeCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
   return ToError(cpu::Dequantize(*problem, &runner));
 }
 
-ffi::Error DequantizeDscaleCpuImpl(ffi::AnyBuffer dy, ffi::AnyBuffer q,
+ffi::Error DequantizeDscaleCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer q,
                                    ffi::RemainingArgs zero_point,
                                    ffi::Result<ffi::AnyBuffer> dscale) {
   auto problem = DecodeDequantizeGrad(dy, &q, nullptr, &zero_point, nullptr, &*dscale);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::DequantizeGrad(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::DequantizeGrad(*problem, &runner));
 }
 
-ffi::Error DequantizeDqCpuImpl(ffi::AnyBuffer dy, ffi::AnyBuffer scale,
+ffi::Error DequantizeDqCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer scale,
                                ffi::Result<ffi::AnyBuffer> dq) {
   auto problem = DecodeDequantizeGrad(dy, nullptr, &scale, nullptr, &*dq, nullptr);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::DequantizeGrad(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::DequantizeGrad(*problem, &runner));
 }
 
-ffi::Error DequantizeDqDscaleCpuImpl(ffi::AnyBuffer dy, ffi::AnyBuffer q, ffi::AnyBuffer scale,
-                                     ffi::RemainingArgs zero_point, ffi::Result<ffi::AnyBuffer> dq,
+ffi::Error DequantizeDqDscaleCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer q,
+                                     ffi::AnyBuffer scale, ffi::RemainingArgs zero_point,
+                                     ffi::Result<ffi::AnyBuffer> dq,
                                      ffi::Result<ffi::AnyBuffer> dscale) {
   auto problem = DecodeDequantizeGrad(dy, &q, &scale, &zero_point, &*dq, &*dscale);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::DequantizeGrad(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::DequantizeGrad(*problem, &runner));
 }
 
-ffi::Error DequantizeTangentCpuImpl(ffi::AnyBuffer q_tangent, ffi::AnyBuffer scale_tangent,
-                                    ffi::AnyBuffer q, ffi::AnyBuffer scale,
-                                    ffi::RemainingArgs zero_point,
+ffi::Error DequantizeTangentCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q_tangent,
+                                    ffi::AnyBuffer scale_tangent, ffi::AnyBuffer q,
+                                    ffi::AnyBuffer scale, ffi::RemainingArgs zero_point,
                                     ffi::Result<ffi::AnyBuffer> out) {
   auto problem = DecodeDequantizeTangent(q_tangent, scale_tangent, q, scale, zero_point, *out);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::DequantizeTangent(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::DequantizeTangent(*problem, &runner));
 }
 
 ffi::Error FakeQuantizeCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer scale,
@@ -140,6 +145,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeCpu, jdq::DequantizeCpuImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeDscaleCpu, jdq::DequantizeDscaleCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // dy
                                   .Arg<xla::ffi::AnyBuffer>()  // q
                                   .RemainingArgs()             // zero_point (absent: symmetric)
@@ -148,6 +154,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeDscaleCpu, jdq::DequantizeDscaleCpuIm
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeDqCpu, jdq::DequantizeDqCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // dy
                                   .Arg<xla::ffi::AnyBuffer>()  // scale
                                   .Ret<xla::ffi::AnyBuffer>()  // dq
@@ -155,6 +162,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeDqCpu, jdq::DequantizeDqCpuImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeDqDscaleCpu, jdq::DequantizeDqDscaleCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // dy
                                   .Arg<xla::ffi::AnyBuffer>()  // q
                                   .Arg<xla::ffi::AnyBuffer>()  // scale
@@ -165,6 +173,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeDqDscaleCpu, jdq::DequantizeDqDscaleC
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqDequantizeTangentCpu, jdq::DequantizeTangentCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // q_tangent
                                   .Arg<xla::ffi::AnyBuffer>()  // scale_tangent
                                   .Arg<xla::ffi::AnyBuffer>()  // q

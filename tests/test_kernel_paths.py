@@ -190,6 +190,72 @@ def test_fake_quantize_forward_over_threads_matches_reference(
 
 
 @pytest.mark.parametrize(
+    "shape,q_dtype,scale_dtype,out_dtype",
+    [
+        ((1500, 1001), "int8", "float32", "bfloat16"),
+        ((400, 4097), "float32", "float32", "float32"),
+        ((70001, 3), "float16", "float16", "float16"),
+    ],
+)
+def test_dequantize_derivatives_over_threads(device, shape, q_dtype, scale_dtype, out_dtype):
+    """The backward and the tangent split whole rows over XLA's CPU threads. dq is
+    elementwise: bit for bit the reference's. dscale (one sum per row, in the kernel's own
+    fixed order) and the fused tangent in q and scale (one rounding of a sum of two
+    products, which the reference's XLA may evaluate differently) are checked row by row
+    against the same op on that row alone (too small to split): the split changes no bit
+    and every row is written."""
+    rng = np.random.default_rng(sum(shape) + 2)
+    q = _levels(rng, "int8", shape).astype(q_dtype)
+    scale = rng.uniform(0.01, 0.05, size=shape[:-1]).astype(scale_dtype)
+    zero_point = rng.integers(-9, 9, size=shape[:-1]).astype(np.int32)
+    dy = rng.standard_normal(shape).astype(out_dtype)
+    dy[::89, ::11] = np.nan
+    carrier = q_dtype not in ("int8", "uint8")
+
+    def backward(module):
+        def run(q_, s, zp, ct):
+            if carrier:
+                _, pullback = jax.vjp(
+                    lambda a, b: module.dequantize_per_token(a, b, zp, out_dtype=out_dtype), q_, s
+                )
+                return pullback(ct)
+            _, pullback = jax.vjp(
+                lambda b: module.dequantize_per_token(q_, b, zp, out_dtype=out_dtype), s
+            )
+            return (None, *pullback(ct))
+
+        return run
+
+    args = (q, scale, zero_point, dy)
+    dq, dscale = _run_on(device, backward(jdq), args)
+    cpu = jax.devices("cpu")[0]
+    if carrier:
+        want_dq, _ = _run_on(cpu, backward(jdq.reference), args, jit=False)
+        assert_bitwise_equal(dq, want_dq, f"dq {shape} {q_dtype}")
+
+        def tangent(module):
+            def run(q_, s, zp, tq, ts):
+                return jax.jvp(
+                    lambda a, b: module.dequantize_per_token(a, b, zp, out_dtype=out_dtype),
+                    (q_, s),
+                    (tq, ts),
+                )[1]
+
+            return run
+
+        tangents = (q, scale, zero_point, rng.standard_normal(shape).astype(q_dtype),
+                    rng.standard_normal(shape[:-1]).astype(scale_dtype))
+        got = np.asarray(_run_on(device, tangent(jdq), tangents))
+        for row in (0, 1, shape[0] // 2, shape[0] - 1):
+            alone = _run_on(device, tangent(jdq), tuple(a[row : row + 1] for a in tangents))
+            assert_bitwise_equal(got[row : row + 1], alone, f"tangent row {row} of {shape}")
+    for row in (0, 1, shape[0] // 2, shape[0] - 1):
+        one = tuple(a[row : row + 1] for a in args)
+        _, alone = _run_on(device, backward(jdq), one)
+        assert_bitwise_equal(np.asarray(dscale)[row : row + 1], alone, f"dscale row {row} of {shape}")
+
+
+@pytest.mark.parametrize(
     "shape,x_dtype,scale_dtype,symmetric",
     [
         ((1500, 1001), "bfloat16", "float32", False),
