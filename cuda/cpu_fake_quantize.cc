@@ -251,16 +251,33 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner*
   });
 }
 
-std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p) {
+// `base` advanced by `offset` elements; null stays null.
+template <typename T>
+T* Offset(T* base, int64_t offset) {
+  return base != nullptr ? base + offset : nullptr;
+}
+
+// Elementwise, but split by whole rows like the backward (its row constants
+// are computed once per row).
+std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p, TaskRunner* runner) {
   ScopedFlushDenormals flush;
   return VisitFakeQuantizeTypes<CpuTypes>(p.x_type, p.scale_type, [&](auto x_tag, auto scale_tag) {
     using XT = typename decltype(x_tag)::type;
     using ScaleT = typename decltype(scale_tag)::type;
     const auto run = [&](auto has_x, auto has_scale) {
-      FakeQuantizeTangentRows<XT, ScaleT, decltype(has_x)::value, decltype(has_scale)::value>(
-          static_cast<const XT*>(p.x), static_cast<const ScaleT*>(p.scale), p.zero_point,
-          static_cast<const XT*>(p.tangent_x), static_cast<const ScaleT*>(p.tangent_scale),
-          static_cast<XT*>(p.out), p.rows, p.cols, p.qmin, p.qmax);
+      const FakeQuantizeTangentProblem problem = p;
+      const bool prefault = WantsPrefault(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
+      ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+        const int64_t offset = begin * problem.cols;
+        XT* out = static_cast<XT*>(problem.out) + offset;
+        if (prefault) PrefaultForWriting(out, (end - begin) * problem.cols * sizeof(XT));
+        FakeQuantizeTangentRows<XT, ScaleT, decltype(has_x)::value, decltype(has_scale)::value>(
+            static_cast<const XT*>(problem.x) + offset,
+            static_cast<const ScaleT*>(problem.scale) + begin, Offset(problem.zero_point, begin),
+            Offset(static_cast<const XT*>(problem.tangent_x), offset),
+            Offset(static_cast<const ScaleT*>(problem.tangent_scale), begin), out, end - begin,
+            problem.cols, problem.qmin, problem.qmax);
+      });
       return std::string();
     };
     if (p.tangent_x != nullptr && p.tangent_scale != nullptr) {

@@ -50,7 +50,8 @@ std::string DequantizeTangent(const DequantizeTangentProblem& problem,
 std::string FakeQuantize(const FakeQuantizeProblem& problem, TaskRunner* runner = nullptr);
 std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& problem,
                                 TaskRunner* runner = nullptr);
-std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem);
+std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& problem,
+                                TaskRunner* runner = nullptr);
 std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& problem,
                                  TaskRunner* runner = nullptr);
 

@@ -90,14 +90,16 @@ ffi::Error FakeQuantizeDynamicCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   return ToError(cpu::FakeQuantizeDynamic(*problem, &runner));
 }
 
-ffi::Error FakeQuantizeTangentCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer scale,
-                                      ffi::RemainingArgs extra, ffi::Result<ffi::AnyBuffer> out,
+ffi::Error FakeQuantizeTangentCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                                      ffi::AnyBuffer scale, ffi::RemainingArgs extra,
+                                      ffi::Result<ffi::AnyBuffer> out,
                                       bool has_tangent_x, bool has_tangent_scale, int32_t qmin,
                                       int32_t qmax) {
   auto problem = DecodeFakeQuantizeTangent(x, scale, extra, *out, has_tangent_x,
                                            has_tangent_scale, qmin, qmax);
   if (problem.has_error()) return problem.error();
-  return ToError(cpu::FakeQuantizeTangent(*problem));
+  PoolRunner runner(pool);
+  return ToError(cpu::FakeQuantizeTangent(*problem, &runner));
 }
 
 ffi::Error FakeQuantizeBackwardCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer cotangent,
@@ -207,6 +209,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeDynamicCpu, jdq::FakeQuantizeDynami
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdqFakeQuantizeTangentCpu, jdq::FakeQuantizeTangentCpuImpl,
                               xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()  // intra-op threads
                                   .Arg<xla::ffi::AnyBuffer>()  // x
                                   .Arg<xla::ffi::AnyBuffer>()  // scale
                                   .RemainingArgs()  // [tangent_x][tangent_scale][zero_point]
