@@ -138,11 +138,15 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
     scale_dtype = check_plan_dtypes(op, in_dtype, out_dtype, scale_dtype)
     if platform == "cuda":
         description = (
-            "flat walk over 16-byte chunks of q (one per thread), one division per chunk to find "
-            "the row, full-width stores; a scalar variant for unaligned buffers"
+            "the row-wise map kernel: 16-byte vectors of the wider array, each warp access one "
+            "contiguous stretch, every load issued before any use, rows by a multiply-high; a "
+            "scalar variant for unaligned buffers"
         )
     else:
-        description = "row loop with a per-row scale, vectorized by the compiler"
+        description = (
+            "row loop with a per-row scale, AVX2 + F16C or baseline (chosen at run time), split "
+            "over XLA's threads, a fresh output prefaulted"
+        )
     return plan.KernelPlan(
         op=op,
         platform=platform,

@@ -419,7 +419,10 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
             "shuffle butterfly and a fixed shared-memory sum; no atomics"
         )
     else:
-        layout = "row loop with 16 interleaved partial sums added in a fixed tree, vectorized"
+        layout = (
+            "row loop with 16 interleaved partial sums added in a fixed tree, vectorized, whole "
+            "rows over XLA's threads"
+        )
     return plan.KernelPlan(
         op=op,
         platform=platform,

@@ -381,7 +381,8 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
             "one fused kernel per row group: the row is held in registers while its min/max is "
             "reduced and its scale chosen, then fake quantized"
             if dynamic
-            else "flat walk over 16-byte chunks of x with a per-row reciprocal"
+            else "the row-wise map kernel (16-byte vectors, loads first) with a per-row "
+            "reciprocal; without a zero point the level is an integer"
         )
         backward = (
             "backward: one row-group kernel reads x and dy once for dx and ds (ds summed per "
@@ -390,11 +391,14 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
         )
     else:
         forward = (
-            "row loop: min/max reduction, scale choice, fake quantization"
+            "row loop: min/max reduction, scale choice, fake quantization, rows over XLA's threads"
             if dynamic
-            else "row loop with a per-row reciprocal, vectorized by the compiler"
+            else "row loop with a per-row reciprocal, AVX2 + F16C or baseline, over XLA's threads"
         )
-        backward = "backward: one row loop for dx and ds (ds in 8 fixed-order lanes)"
+        backward = (
+            "backward: one row loop for dx and ds (ds in 8 fixed-order lanes), whole rows over "
+            "XLA's threads"
+        )
     return plan.KernelPlan(
         op=op,
         platform=platform,

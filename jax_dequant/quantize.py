@@ -138,12 +138,16 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
     v.check_scale_out_pair(op, scale_dtype, in_dtype, other="x")
     if platform == "cuda":
         description = (
-            "flat walk over 16-byte chunks of x (one per thread), one division and one correctly "
-            "rounded reciprocal per chunk for its row, the chunk's levels stored together; a "
-            "scalar variant for unaligned buffers"
+            "the row-wise map kernel: 16-byte vectors of x, every load issued before any use, one "
+            "correctly rounded reciprocal per row of a thread's vectors; without a zero point and "
+            "with the full range, levels packed by saturating conversions; a scalar variant for "
+            "unaligned buffers"
         )
     else:
-        description = "row loop with a per-row reciprocal, vectorized by the compiler"
+        description = (
+            "row loop with a per-row reciprocal, AVX-512, AVX2 + F16C or baseline (chosen at run "
+            "time), split over XLA's threads, a fresh output prefaulted"
+        )
     return plan.KernelPlan(
         op=op,
         platform=platform,
