@@ -1,9 +1,10 @@
 // The instruction sets of the CPU kernels: loops are compiled for the build's
 // baseline ISA and, on x86-64, for AVX2 + F16C and for AVX-512 (F, BW, VL, DQ),
 // and one is chosen at run time (Isa, UseAvx2, UseAvx512, RunForIsa, RunSpan).
-// The SIMD building blocks shared by the kernels live here: 8-lane (AVX2) and
-// 16-lane (AVX-512) loads and stores, the quantized level of a vector, the
-// padded tail block, and the row pieces of a flat element range (RowPieces).
+// The SIMD building blocks shared by the kernels live here: 8-lane (AVX2)
+// loads and stores of every storage type, 16-lane (AVX-512) loads and level
+// stores, the quantized level of a vector, the padded tail block, and the row
+// pieces of a flat element range (RowPieces).
 // No FMA anywhere: the numerics forbid contraction (the library is built with
 // -ffp-contract=off as well). Each lane computes exactly the scalar expression
 // of numerics.h, under the same flush-to-zero mode (cpu_flush.h).
