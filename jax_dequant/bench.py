@@ -935,7 +935,7 @@ def write_png(rows: list[dict], copy: dict, meta: dict, path: str) -> str | None
         f"{meta['date']}",
         fontsize=11,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # keep the suptitle clear of the first row
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
