@@ -116,12 +116,6 @@ void TangentRows(const QT* __restrict q_tangent, const ScaleT* __restrict scale_
 // row's dscale is summed by one thread in the order above, so the bits do not
 // depend on the split. A fresh dq or tangent output is prefaulted.
 
-// `base` advanced by `offset` elements; null stays null.
-template <typename T>
-T* Offset(T* base, int64_t offset) {
-  return base != nullptr ? base + offset : nullptr;
-}
-
 std::string DequantizeGrad(const DequantizeGradProblem& p, TaskRunner* runner) {
   const bool want_dq = p.dq != nullptr;
   const bool want_dscale = p.dscale != nullptr;

@@ -251,12 +251,6 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner*
   });
 }
 
-// `base` advanced by `offset` elements; null stays null.
-template <typename T>
-T* Offset(T* base, int64_t offset) {
-  return base != nullptr ? base + offset : nullptr;
-}
-
 // Elementwise, but split by whole rows like the backward (its row constants
 // are computed once per row).
 std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p, TaskRunner* runner) {
@@ -308,7 +302,7 @@ std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& p, TaskRunne
         FakeQuantizeBackwardRows<XT, ScaleT, kWantGradX>(
             static_cast<const XT*>(problem.x) + offset,
             static_cast<const ScaleT*>(problem.scale) + begin,
-            problem.zero_point != nullptr ? problem.zero_point + begin : nullptr,
+            Offset(problem.zero_point, begin),
             static_cast<const XT*>(problem.cotangent) + offset, grad_x,
             static_cast<ScaleT*>(problem.grad_scale) + begin, end - begin, problem.cols,
             problem.qmin, problem.qmax);

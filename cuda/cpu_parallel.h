@@ -122,6 +122,13 @@ void ParallelRows(int64_t rows, int64_t cols, TaskRunner* runner, const Body& bo
   ParallelFor(rows, runner, body, min_rows, 1);
 }
 
+// `base` advanced by `offset` elements; null (an absent optional buffer) stays
+// null. For the row ranges of the kernels' chunks.
+template <typename T>
+T* Offset(T* base, int64_t offset) {
+  return base != nullptr ? base + offset : nullptr;
+}
+
 // --- Prefaulting large outputs -------------------------------------------------------------------
 
 // Outputs this large or larger are prefaulted when fresh.

@@ -323,6 +323,9 @@ JDQ_TARGET_AVX512 inline void StoreLevels16(QT* q, __m512 levels) {
 
 // Runs block(in + i, out + i) over [0, count) in blocks of kBlock elements;
 // the last partial block runs on zero-padded copies, as avx2::ForEachBlock.
+// A second copy because GCC inlines an always-inline function only into one
+// whose target includes the callee's: neither an AVX2 nor a target-less
+// ForEachBlock may inline an AVX-512 block.
 template <int kBlock, typename In, typename Out, typename Block>
 JDQ_TARGET_AVX512 JDQ_ALWAYS_INLINE void ForEachBlock(const In* in, Out* out, int64_t count,
                                                       const Block& block) {

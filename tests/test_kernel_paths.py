@@ -189,6 +189,17 @@ def test_fake_quantize_forward_over_threads_matches_reference(
     assert_bitwise_equal(got, want, f"{shape} {x_dtype} dynamic={dynamic} sym={symmetric}")
 
 
+def _assert_rows_match_alone(device, fn, args, got, context):
+    """Rows 0, 1, the middle and the last of `got` (fn(*args), split over threads) have the
+    bits of fn on that row alone (too small to split): the split changes nothing and every
+    row was written. None arguments stay None."""
+    rows = args[0].shape[0]
+    for row in (0, 1, rows // 2, rows - 1):
+        one = tuple(None if a is None else a[row : row + 1] for a in args)
+        alone = _run_on(device, fn, one)
+        assert_bitwise_equal(np.asarray(got)[row : row + 1], alone, f"{context} row {row}")
+
+
 @pytest.mark.parametrize(
     "shape,q_dtype,scale_dtype,out_dtype",
     [
@@ -245,14 +256,10 @@ def test_dequantize_derivatives_over_threads(device, shape, q_dtype, scale_dtype
 
         tangents = (q, scale, zero_point, rng.standard_normal(shape).astype(q_dtype),
                     rng.standard_normal(shape[:-1]).astype(scale_dtype))
-        got = np.asarray(_run_on(device, tangent(jdq), tangents))
-        for row in (0, 1, shape[0] // 2, shape[0] - 1):
-            alone = _run_on(device, tangent(jdq), tuple(a[row : row + 1] for a in tangents))
-            assert_bitwise_equal(got[row : row + 1], alone, f"tangent row {row} of {shape}")
-    for row in (0, 1, shape[0] // 2, shape[0] - 1):
-        one = tuple(a[row : row + 1] for a in args)
-        _, alone = _run_on(device, backward(jdq), one)
-        assert_bitwise_equal(np.asarray(dscale)[row : row + 1], alone, f"dscale row {row} of {shape}")
+        got = _run_on(device, tangent(jdq), tangents)
+        _assert_rows_match_alone(device, tangent(jdq), tangents, got, f"tangent of {shape}")
+    dscale_only = lambda *a: backward(jdq)(*a)[1]  # noqa: E731
+    _assert_rows_match_alone(device, dscale_only, args, dscale, f"dscale of {shape}")
 
 
 @pytest.mark.parametrize(
@@ -291,12 +298,8 @@ def test_fake_quantize_backward_over_threads(device, shape, x_dtype, scale_dtype
     grad_x, grad_scale = _run_on(device, backward(jdq), args)
     want_x, _ = _run_on(jax.devices("cpu")[0], backward(jdq.reference), args, jit=False)
     assert_bitwise_equal(grad_x, want_x, f"grad_x {shape} {x_dtype} sym={symmetric}")
-    for row in (0, 1, shape[0] // 2, shape[0] - 1):
-        one = tuple(None if a is None else a[row : row + 1] for a in args)
-        _, alone = _run_on(device, backward(jdq), one)
-        assert_bitwise_equal(
-            np.asarray(grad_scale)[row : row + 1], alone, f"grad_scale row {row} of {shape}"
-        )
+    grad_scale_only = lambda *a: backward(jdq)(*a)[1]  # noqa: E731
+    _assert_rows_match_alone(device, grad_scale_only, args, grad_scale, f"grad_scale of {shape}")
 
 
 @pytest.mark.parametrize(
