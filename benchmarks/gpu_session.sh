@@ -9,11 +9,13 @@
 # 3. runs the benchmark, python -m jax_dequant.bench: $OUT/bench.txt (table),
 #    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
 # 4. Nsight Compute on our kernels and XLA's for the ops in JDQ_NCU_OPS,
-#    16384x8192 bf16 (benchmarks/ncu_target.py): $OUT/ncu_<op>.txt;
+#    16384x8192 bf16 (benchmarks/ncu_target.py): ncu_<op>.txt;
 # 5. with "tune" in JDQ_STEPS, the launch-shape sweep benchmarks/tune_kernels.cu
 #    (parts JDQ_TUNE_PARTS, default all; compiled beside the package build):
-#    $OUT/tune.txt;
-# A summary comes last. Every step runs under a share of one time budget
+#    tune.txt;
+# A summary comes last. At most 8 files come back from the lent GPU machine,
+# so the small logs (gpu.txt, pip.log, bench.log, tune.txt, ncu_*.txt) are
+# packed into $OUT/logs.tgz at the end. Every step runs under a share of one time budget
 # (JDQ_BUDGET_S, default 510 s, so the script stays under 9 minutes); a step
 # that no longer fits is skipped and says so. On an H100 the build takes about
 # 2 minutes, the GPU tests (-m gpu) 5 and the benchmark 3: more than one
@@ -122,7 +124,7 @@ for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
     echo "skipped $op: $(left) s left"
   else
     (cd /tmp && timeout "$(cap 120 10)" ncu --kernel-name-base demangled --clock-control none \
-      -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Backward|fusion|reduce' -c 6 \
+      -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Dscale|Backward|fusion|reduce' -c 2 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
       --section WarpStateStats --section SchedulerStats \
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
@@ -142,6 +144,7 @@ echo "benchmark: exit code $BENCH_RC"
 sed -n '/^Goals:/,/^wrote/p' "$OUT/bench.txt" 2>/dev/null | grep -v "^wrote"
 grep -E "^(timing|copy bandwidth):" "$OUT/bench.txt" 2>/dev/null
 # At most 8 files come back from the GPU machine: the small logs travel packed.
-(cd "$OUT" && tar czf logs.tgz gpu.txt pip.log $(ls bench.log 2>/dev/null) && rm -f gpu.txt pip.log bench.log)
+SMALL_LOGS="gpu.txt pip.log $(cd "$OUT" && ls bench.log tune.txt ncu_*.txt 2>/dev/null | tr '\n' ' ')"
+(cd "$OUT" && tar czf logs.tgz $SMALL_LOGS && rm -f $SMALL_LOGS)
 echo "files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 echo "total $(elapsed) s"

@@ -97,6 +97,15 @@ __global__ void FillKernel(uint32_t* out, int64_t n) {
   }
 }
 
+// Copies n 16-byte words: the copy bandwidth of a kernel (a cudaMemcpy inside
+// a CUDA graph may run on a copy engine, which is slower).
+__global__ void CopyKernel(const uint4* __restrict__ in, int64_t n, uint4* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = in[i];
+  }
+}
+
 // Reads n 16-byte words, writing one word per block: the read-only bandwidth.
 __global__ void ReadOnlyKernel(const uint4* __restrict__ in, int64_t n, uint4* __restrict__ out) {
   uint4 acc = {0, 0, 0, 0};
@@ -166,7 +175,7 @@ void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double by
 }
 
 #if TUNE_PART == 3
-template <typename XT, typename QT, int kBytes>
+template <typename XT, typename QT, int kBytes, int kCompactBlocks = jdq::cuda::kCompactMinBlocks>
 void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                      cudaStream_t stream) {
   jdq::DynamicQuantizeProblem p{};
@@ -182,14 +191,15 @@ void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols,
   p.scale_type = jdq::DType::kF32;
   constexpr int kVec = 16 / sizeof(XT);
   const double us = TimeUs(stream, [&] {
-    const std::string error = jdq::cuda::Launch<XT, float, QT, kVec, kBytes>(p, stream);
+    const std::string error =
+        jdq::cuda::Launch<XT, float, QT, kVec, kBytes, kCompactBlocks>(p, stream);
     if (!error.empty()) {
       std::fprintf(stderr, "%s\n", error.c_str());
       std::exit(1);
     }
   });
   char config[64];
-  std::snprintf(config, sizeof config, "%d bytes/thread", kBytes);
+  std::snprintf(config, sizeof config, "%d bytes/thread min%d", kBytes, kCompactBlocks);
   Report(name, config, rows, cols, bytes, us);
 }
 
@@ -205,12 +215,21 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
   SweepDynamicOne<XT, int8_t, 32>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 64>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 128>(name, buf, rows, cols, bytes, stream);
+  if constexpr (sizeof(XT) == 2) {
+    // Resident blocks of the 16-bit block-per-row kernel (register caps 64, 48, 32).
+    SweepDynamicOne<XT, int8_t, 64, 4>(name, buf, rows, cols, bytes, stream);
+    SweepDynamicOne<XT, int8_t, 64, 5>(name, buf, rows, cols, bytes, stream);
+    SweepDynamicOne<XT, int8_t, 64, 8>(name, buf, rows, cols, bytes, stream);
+    SweepDynamicOne<XT, int8_t, 32, 8>(name, buf, rows, cols, bytes, stream);
+  }
 }
 #endif  // TUNE_PART == 3
 
 #if TUNE_PART == 4
-// The dscale pass of the backward (int8 q, no zero point) with a launch shape.
-template <typename OutT, int kBatch, int kMinBlocks>
+// The dscale pass of the backward (int8 q, no zero point): the library's
+// launcher with a launch shape (DscaleAlignedKernel on these aligned shapes),
+// and the general kernel with the shape it had before (label "general").
+template <typename OutT, int kBatch, int kMinBlocks, int kBlockThreads, bool kGeneral = false>
 void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                   int64_t chunks_per_lane, cudaStream_t stream) {
   jdq::DequantizeGradProblem p{};
@@ -222,18 +241,20 @@ void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
   p.dscale = static_cast<char*>(buf.scale) + 65536 * 4;
   p.rows = rows;
   p.cols = cols;
+  using Shape = jdq::cuda::GradShape<kBatch, kMinBlocks, kBlockThreads>;
   const double us = TimeUs(stream, [&] {
     const std::string error =
-        jdq::cuda::LaunchGrad<int8_t, float, OutT, false, true,
-                              jdq::cuda::GradShape<kBatch, kMinBlocks>>(p, stream,
-                                                                        chunks_per_lane);
+        kGeneral ? jdq::cuda::LaunchGrad<int8_t, float, OutT, false, true, Shape>(
+                       p, stream, chunks_per_lane)
+                 : jdq::cuda::LaunchDscale<int8_t, float, OutT, Shape>(p, stream, chunks_per_lane);
     if (!error.empty()) {
       std::fprintf(stderr, "%s\n", error.c_str());
       std::exit(1);
     }
   });
   char config[64];
-  std::snprintf(config, sizeof config, "lane%lld batch%d min%d",
+  std::snprintf(config, sizeof config, "%s b%d lane%lld batch%d min%d",
+                kGeneral ? "general" : "aligned", kBlockThreads,
                 static_cast<long long>(chunks_per_lane), kBatch, kMinBlocks);
   Report(name, config, rows, cols, bytes, us);
 }
@@ -241,13 +262,19 @@ void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
 template <typename OutT>
 void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                cudaStream_t stream) {
-  for (int64_t lane : {1, 2, 4, 8, 16}) {
-    SweepGradOne<OutT, 1, 4>(name, buf, rows, cols, bytes, lane, stream);
-    SweepGradOne<OutT, 2, 4>(name, buf, rows, cols, bytes, lane, stream);
-    SweepGradOne<OutT, 4, 2>(name, buf, rows, cols, bytes, lane, stream);
-    SweepGradOne<OutT, 1, 8>(name, buf, rows, cols, bytes, lane, stream);
-    SweepGradOne<OutT, 2, 2>(name, buf, rows, cols, bytes, lane, stream);
-  }
+  SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
+                                                                       bytes, 2, stream);
+  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 1, stream);  // the library's
+  SweepGradOne<OutT, 1, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 2, 512>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 1, 4, 512>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 1, 8, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 2, 1, 1024>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 1, 2, 1024>(name, buf, rows, cols, bytes, 1, stream);
 }
 #endif  // TUNE_PART == 4
 
@@ -299,13 +326,20 @@ int main() {
   const double copy_us = TimeUs(stream, [&] {
     cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, stream);
   });
-  g_copy_gbps = 2.0 * copy_bytes / (copy_us * 1e3);
+  const double kernel_copy_us = TimeUs(stream, [&] {
+    CopyKernel<<<prop.multiProcessorCount * 8, 256, 0, stream>>>(
+        static_cast<const uint4*>(src), copy_bytes / 16, static_cast<uint4*>(dst));
+  });
+  const double memcpy_gbps = 2.0 * copy_bytes / (copy_us * 1e3);
+  const double kernel_gbps = 2.0 * copy_bytes / (kernel_copy_us * 1e3);
+  g_copy_gbps = memcpy_gbps > kernel_gbps ? memcpy_gbps : kernel_gbps;
   const double read_us = TimeUs(stream, [&] {
     ReadOnlyKernel<<<prop.multiProcessorCount * 8, 256, 0, stream>>>(
         static_cast<const uint4*>(src), copy_bytes / 16, static_cast<uint4*>(dst));
   });
-  std::printf("# %s, part %d: copy %.1f GB/s (cudaMemcpy D2D, read+written), read-only %.1f GB/s\n",
-              prop.name, TUNE_PART, g_copy_gbps, copy_bytes / (read_us * 1e3));
+  std::printf("# %s, part %d: copy %.1f GB/s (cudaMemcpy D2D) and %.1f GB/s (copy kernel), "
+              "read+written; %%copy below is of the larger; read-only %.1f GB/s\n",
+              prop.name, TUNE_PART, memcpy_gbps, kernel_gbps, copy_bytes / (read_us * 1e3));
   cudaFree(dst);
 
   // Inputs: the 1 GiB buffer (levels / values of 1), outputs up to 512 MiB.

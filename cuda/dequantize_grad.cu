@@ -73,10 +73,11 @@ inline constexpr int kGradBatch = sizeof(GradChunk<QT, OutT, kChunkElements<QT, 
 // A launch shape of the backward kernel: chunks loaded ahead per lane, the
 // resident blocks per SM it is compiled for, and the chunks each lane should
 // get before a row is given more lanes (which fixes the summation order).
-template <int kBatchChunks, int kMinBlocks>
+template <int kBatchChunks, int kMinBlocks, int kBlockThreads = kBlock>
 struct GradShape {
   static constexpr int batch = kBatchChunks;
   static constexpr int min_blocks = kMinBlocks;
+  static constexpr int block = kBlockThreads;
 };
 
 // 16-byte global accesses of a chunk. The store is spelled in PTX: given a
@@ -101,6 +102,20 @@ __device__ __forceinline__ void StorePack(T* address, const Pack<T, kVec>& pack)
                  : "l"(global + 16 * i), "r"(words[i].x), "r"(words[i].y), "r"(words[i].z),
                    "r"(words[i].w));
   }
+}
+
+// A chunk read with LoadInOrder: issued where it is written, never sunk into
+// the branch that uses it (see cuda_types.cuh).
+template <typename T, int kVec>
+__device__ __forceinline__ Pack<T, kVec> LoadPackInOrder(const T* address) {
+  static_assert(sizeof(Pack<T, kVec>) % 16 == 0, "a chunk is whole 16-byte words");
+  constexpr int kWords = sizeof(Pack<T, kVec>) / 16;
+  uint4 words[kWords];
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) words[i] = LoadInOrder(reinterpret_cast<const uint4*>(address) + i);
+  Pack<T, kVec> pack;
+  memcpy(&pack, words, sizeof(pack));
+  return pack;
 }
 
 bool IsAligned(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
@@ -180,19 +195,19 @@ __device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
 
 // Backward of dequantize over rows: dq (kDq) and/or dscale (kDscale) in one pass.
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale, int kBatch,
-          int kMinBlocks>
-__global__ void __launch_bounds__(kBlock, kMinBlocks)
+          int kMinBlocks, int kBlockThreads>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     DequantizeGradKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
                          const ScaleT* __restrict__ scale, const int32_t* __restrict__ zero_point,
                          QT* __restrict__ dq, ScaleT* __restrict__ dscale, int64_t rows,
                          int64_t cols, int group_log2, bool vector_ok) {
   using C = ComputeType<ScaleT, OutT>;
   constexpr int kVec = kChunkElements<QT, OutT>;
-  __shared__ C shared[kBlock / kWarp];
+  __shared__ C shared[kBlockThreads / kWarp];
 
   // The group is a power of two: shifts and masks, not divisions.
   const int group = 1 << group_log2;
-  const int groups_per_block = kBlock >> group_log2;
+  const int groups_per_block = kBlockThreads >> group_log2;
   const int lane = threadIdx.x & (group - 1);
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * groups_per_block; base < rows;
        base += static_cast<int64_t>(gridDim.x) * groups_per_block) {
@@ -247,6 +262,61 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
   }
 }
 
+// The dscale pass alone over rows that are whole chunks (cols a multiple of
+// kVec, 16-byte aligned buffers): the order of DequantizeGradKernel without
+// its head, tail and element paths, so a block issues its first loads right
+// after it starts. Lane l of a group takes chunks l, l + G, ..., loading
+// kBatch of them before adding the first; one block per groups_per_block rows
+// (the launcher checks the grid fits).
+template <typename QT, typename ScaleT, typename OutT, int kBatch, int kMinBlocks,
+          int kBlockThreads>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
+    DscaleAlignedKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
+                        const int32_t* __restrict__ zero_point, ScaleT* __restrict__ dscale,
+                        int64_t rows, int64_t chunks_per_row, int group_log2) {
+  using C = ComputeType<ScaleT, OutT>;
+  constexpr int kVec = kChunkElements<QT, OutT>;
+  __shared__ C shared[kBlockThreads / kWarp];
+  const int group = 1 << group_log2;
+  const int lane = threadIdx.x & (group - 1);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlockThreads >> group_log2) +
+                      (threadIdx.x >> group_log2);
+  C sum = C(0);
+  if (row < rows) {
+    const int64_t first = row * chunks_per_row;  // in chunks of the flat arrays
+    const C row_zero = zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
+    auto add_chunk = [&](const Pack<OutT, kVec>& grads, const Pack<QT, kVec>& levels) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        const C grad = Convert<OutT>::template ToCompute<C>(grads.v[i]);
+        const C level = sub_rn(Convert<QT>::template ToCompute<C>(levels.v[i]), row_zero);
+        sum = add_rn(sum, mul_rn(grad, level));
+      }
+    };
+    // Whole batches, then single chunks: no chunk of a batch is conditional,
+    // so ptxas cannot sink its loads below the first chunk's sums.
+    int64_t k = lane;
+    for (; k + int64_t{kBatch - 1} * group < chunks_per_row; k += int64_t{kBatch} * group) {
+      Pack<OutT, kVec> grads[kBatch];
+      Pack<QT, kVec> levels[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t chunk = first + k + int64_t{b} * group;
+        grads[b] = LoadPackInOrder<OutT, kVec>(dy + chunk * kVec);
+        levels[b] = LoadPackInOrder<QT, kVec>(q + chunk * kVec);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) add_chunk(grads[b], levels[b]);
+    }
+    for (; k < chunks_per_row; k += group) {
+      add_chunk(LoadPackInOrder<OutT, kVec>(dy + (first + k) * kVec),
+                LoadPackInOrder<QT, kVec>(q + (first + k) * kVec));
+    }
+  }
+  sum = GroupSum(sum, group, shared);
+  if (row < rows && lane == 0) dscale[row] = Convert<ScaleT>::template FromCompute<C>(sum);
+}
+
 // Forward-mode tangent in q and scale together, rounded once.
 template <typename QT, typename ScaleT, typename OutT>
 __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
@@ -292,10 +362,11 @@ __global__ void __launch_bounds__(kBlock, kMinBlocksPerSm)
 // Lanes per row: enough that each lane gets about kChunksPerLane chunks. A
 // function of the row length only (not of the number of rows), which keeps a
 // row's summation order independent of the rest of the call (see above).
-int GroupSize(int64_t cols, int vec, int64_t chunks_per_lane = kChunksPerLane) {
+int GroupSize(int64_t cols, int vec, int64_t chunks_per_lane = kChunksPerLane,
+              int block = kBlock) {
   const int64_t chunks = cols % vec == 0 ? cols / vec : cols / vec + 2;
   int group = 1;
-  while (group < kBlock && group * chunks_per_lane < chunks) group *= 2;
+  while (group < block && group * chunks_per_lane < chunks) group *= 2;
   return group;
 }
 
@@ -305,8 +376,8 @@ int Log2(int power_of_two) {
   return log2;
 }
 
-int64_t GridSize(int64_t rows, int group) {
-  const int64_t groups_per_block = kBlock / group;
+int64_t GridSize(int64_t rows, int group, int block = kBlock) {
+  const int64_t groups_per_block = block / group;
   const int64_t blocks = (rows + groups_per_block - 1) / groups_per_block;
   return blocks < 0x7fffffff ? blocks : 0x7fffffff;
 }
@@ -319,19 +390,57 @@ std::string LaunchStatus(const char* what) {
   return std::string();
 }
 
-template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale,
-          typename Shape = GradShape<kGradBatch<QT, OutT>, kMinBlocksPerSm>>
+template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale, typename Shape>
 std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream,
-                       int64_t chunks_per_lane = kChunksPerLane) {
-  const int group = GroupSize(p.cols, kChunkElements<QT, OutT>, chunks_per_lane);
+                       int64_t chunks_per_lane) {
+  const int group = GroupSize(p.cols, kChunkElements<QT, OutT>, chunks_per_lane, Shape::block);
   const bool vector_ok =
       IsAligned(p.dy) && (!kDscale || IsAligned(p.q)) && (!kDq || IsAligned(p.dq));
-  DequantizeGradKernel<QT, ScaleT, OutT, kDq, kDscale, Shape::batch, Shape::min_blocks>
-      <<<static_cast<unsigned>(GridSize(p.rows, group)), kBlock, 0, stream>>>(
+  DequantizeGradKernel<QT, ScaleT, OutT, kDq, kDscale, Shape::batch, Shape::min_blocks,
+                       Shape::block>
+      <<<static_cast<unsigned>(GridSize(p.rows, group, Shape::block)), Shape::block, 0,
+         stream>>>(
           static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q),
           static_cast<const ScaleT*>(p.scale), p.zero_point, static_cast<QT*>(p.dq),
           static_cast<ScaleT*>(p.dscale), p.rows, p.cols, Log2(group), vector_ok);
   return LaunchStatus("dequantize_per_token backward");
+}
+
+// The dscale pass alone: DscaleAlignedKernel where rows are whole aligned
+// chunks, else DequantizeGradKernel with the same groups (the same order).
+template <typename QT, typename ScaleT, typename OutT, typename Shape>
+std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
+                         int64_t chunks_per_lane) {
+  constexpr int kVec = kChunkElements<QT, OutT>;
+  const int group = GroupSize(p.cols, kVec, chunks_per_lane, Shape::block);
+  const int64_t blocks = GridSize(p.rows, group, Shape::block);
+  if (p.cols % kVec != 0 || p.cols == 0 || !IsAligned(p.dy) || !IsAligned(p.q) ||
+      blocks >= 0x7fffffff) {
+    return LaunchGrad<QT, ScaleT, OutT, false, true, GradShape<1, 2, Shape::block>>(
+        p, stream, chunks_per_lane);
+  }
+  DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks, Shape::block>
+      <<<static_cast<unsigned>(blocks), Shape::block, 0, stream>>>(
+          static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q), p.zero_point,
+          static_cast<ScaleT*>(p.dscale), p.rows, p.cols / kVec, Log2(group));
+  return LaunchStatus("dequantize_per_token backward (dscale)");
+}
+
+// The library's launch shapes. The dscale pass alone (integer q: the common
+// case) reads without writing, like XLA's row reduction, and is launched like
+// it: one 16-byte chunk per lane, up to 512 lanes per row, a 512-thread block
+// (measured against the other shapes with benchmarks/tune_kernels.cu part 4,
+// docs/perf.md). The passes that write dq keep 256-thread blocks with two
+// chunks per lane loaded ahead.
+template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
+std::string LaunchGradDefault(const DequantizeGradProblem& p, cudaStream_t stream) {
+  if constexpr (kDq) {
+    return LaunchGrad<QT, ScaleT, OutT, kDq, kDscale,
+                      GradShape<kGradBatch<QT, OutT>, kMinBlocksPerSm>>(p, stream,
+                                                                        kChunksPerLane);
+  } else {
+    return LaunchDscale<QT, ScaleT, OutT, GradShape<2, 3, 512>>(p, stream, 1);
+  }
 }
 
 }  // namespace
@@ -349,11 +458,11 @@ std::string DequantizeGrad(const DequantizeGradProblem& p, cudaStream_t stream) 
         using OutT = typename decltype(out_tag)::type;
         if constexpr (std::is_integral_v<QT>) {
           if (want_dq) return std::string("dequantize_per_token backward: dq needs a float q");
-          return LaunchGrad<QT, ScaleT, OutT, false, true>(p, stream);
+          return LaunchGradDefault<QT, ScaleT, OutT, false, true>(p, stream);
         } else {
-          if (want_dq && want_dscale) return LaunchGrad<QT, ScaleT, OutT, true, true>(p, stream);
-          if (want_dq) return LaunchGrad<QT, ScaleT, OutT, true, false>(p, stream);
-          return LaunchGrad<QT, ScaleT, OutT, false, true>(p, stream);
+          if (want_dq && want_dscale) return LaunchGradDefault<QT, ScaleT, OutT, true, true>(p, stream);
+          if (want_dq) return LaunchGradDefault<QT, ScaleT, OutT, true, false>(p, stream);
+          return LaunchGradDefault<QT, ScaleT, OutT, false, true>(p, stream);
         }
       });
 }

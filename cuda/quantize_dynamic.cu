@@ -237,7 +237,8 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   }
 }
 
-template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes = kBytesPerThread<XT>>
+template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes = kBytesPerThread<XT>,
+          int kCompactBlocks = kCompactMinBlocks>
 std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
   using C = ComputeType<ScaleT, XT>;
   constexpr int64_t kElemsPerThread = ChunksPerThread<XT, kVec, kBytes>() * kVec;
@@ -270,7 +271,7 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
     if constexpr (sizeof(XT) == 2) {
       if (threads <= kCompactThreads) {
         kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kCompactThreads,
-                                       kCompactMinBlocks>;
+                                       kCompactBlocks>;
       }
     }
     kernel<<<blocks, static_cast<unsigned>(threads), 0, stream>>>(x, q, scale, p.zero_point,

@@ -259,7 +259,21 @@ def test_dequantize_derivatives_over_threads(device, shape, q_dtype, scale_dtype
         got = _run_on(device, tangent(jdq), tangents)
         _assert_rows_match_alone(device, tangent(jdq), tangents, got, f"tangent of {shape}")
     dscale_only = lambda *a: backward(jdq)(*a)[1]  # noqa: E731
-    _assert_rows_match_alone(device, dscale_only, args, dscale, f"dscale of {shape}")
+    if device.platform == "cpu" or shape[1] % 16 == 0:
+        _assert_rows_match_alone(device, dscale_only, args, dscale, f"dscale of {shape}")
+    else:
+        # On the GPU the chunk cuts of a row whose D is not a multiple of 16 follow its offset
+        # in the flat array (README, Determinism), so the row alone may round differently.
+        # Checked instead: the same bits run to run, and within the worst-case bound of a
+        # float32 sum, (D - 1) * 2**-24 * sum |terms|, of the exact sum.
+        assert_bitwise_equal(_run_on(device, dscale_only, args), dscale, f"dscale of {shape} rerun")
+        terms = dy.astype(np.float64) * (q.astype(np.float64) - zero_point[:, None])
+        exact = terms.sum(axis=1)
+        bound = (shape[1] - 1) * 2.0**-24 * np.abs(terms).sum(axis=1)
+        got = np.asarray(dscale, np.float64)
+        finite = np.isfinite(exact)
+        assert np.array_equal(np.isnan(got), np.isnan(exact)), f"dscale of {shape}: NaN rows"
+        assert np.all(np.abs(got[finite] - exact[finite]) <= bound[finite]), f"dscale of {shape}"
 
 
 @pytest.mark.parametrize(
