@@ -264,7 +264,7 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
                cudaStream_t stream) {
   SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
                                                                        bytes, 2, stream);
-  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 1, stream);  // the library's
+  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 1, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 2, 2, 512>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 1, 4, 512>(name, buf, rows, cols, bytes, 1, stream);
@@ -272,7 +272,7 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 1, 8, 256>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);  // the library's
   SweepGradOne<OutT, 2, 1, 1024>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 1, 2, 1024>(name, buf, rows, cols, bytes, 1, stream);
 }

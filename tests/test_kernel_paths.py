@@ -265,11 +265,14 @@ def test_dequantize_derivatives_over_threads(device, shape, q_dtype, scale_dtype
         # On the GPU the chunk cuts of a row whose D is not a multiple of 16 follow its offset
         # in the flat array (README, Determinism), so the row alone may round differently.
         # Checked instead: the same bits run to run, and within the worst-case bound of a
-        # float32 sum, (D - 1) * 2**-24 * sum |terms|, of the exact sum.
+        # float32 sum, B = (D - 1) * 2**-24 * sum |terms|, of the exact sum, plus the final
+        # rounding to dscale's dtype (unit roundoff u): B + u * (|exact| + B).
         assert_bitwise_equal(_run_on(device, dscale_only, args), dscale, f"dscale of {shape} rerun")
         terms = dy.astype(np.float64) * (q.astype(np.float64) - zero_point[:, None])
         exact = terms.sum(axis=1)
-        bound = (shape[1] - 1) * 2.0**-24 * np.abs(terms).sum(axis=1)
+        sum_bound = (shape[1] - 1) * 2.0**-24 * np.abs(terms).sum(axis=1)
+        unit_roundoff = float(ml_dtypes.finfo(np.asarray(dscale).dtype).eps) / 2
+        bound = sum_bound + unit_roundoff * (np.abs(exact) + sum_bound)
         got = np.asarray(dscale, np.float64)
         finite = np.isfinite(exact)
         assert np.array_equal(np.isnan(got), np.isnan(exact)), f"dscale of {shape}: NaN rows"
