@@ -24,6 +24,11 @@
 // the same way, so a row's sum does not depend on the other rows of the call
 // either (a vmapped or token-sharded backward gives the unbatched bits). No
 // atomics, no workspace.
+//
+// The dscale pass alone over rows of whole chunks with 16-byte aligned
+// buffers (the common case: integer q, D a multiple of kVec) runs
+// DscaleAlignedKernel: the same groups and order without the head, tail and
+// element paths, so each block issues its loads right after it starts.
 #include <cstdint>
 #include <cstring>
 #include <string>
