@@ -10,7 +10,8 @@
 #    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
 # 4. Nsight Compute on our kernels and XLA's for the ops in JDQ_NCU_OPS and
 #    the shapes in JDQ_NCU_SHAPES (default 16384x8192), bf16
-#    (benchmarks/ncu_target.py): ncu_<op>_<shape>.txt;
+#    (benchmarks/ncu_target.py): ncu_<op>_<shape>.txt; JDQ_NCU_EXTRA adds ncu
+#    flags (e.g. "--cache-control none --section SourceCounters");
 # 5. with "tune" in JDQ_STEPS, the launch-shape sweep benchmarks/tune_kernels.cu
 #    (parts JDQ_TUNE_PARTS, default all; compiled beside the package build):
 #    tune.txt;
@@ -129,7 +130,7 @@ for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
       # around every replayed pass, and JAX would otherwise hold most of it.
       report="$OUT/ncu_${op}_$shape.txt"
       (cd /tmp && XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(cap 120 10)" \
-        ncu --kernel-name-base demangled --clock-control none \
+        ncu --kernel-name-base demangled --clock-control none ${JDQ_NCU_EXTRA:-} \
         -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Dscale|Backward|fusion|reduce' -c 3 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats \

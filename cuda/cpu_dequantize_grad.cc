@@ -130,7 +130,8 @@ std::string DequantizeGrad(const DequantizeGradProblem& p, TaskRunner* runner) {
         const auto run = [&](auto dq_tag, auto dscale_tag) {
           constexpr bool kDq = decltype(dq_tag)::value;
           constexpr bool kDscale = decltype(dscale_tag)::value;
-          const bool prefault = kDq && WantsPrefault(p.dq, p.rows * p.cols * int64_t{sizeof(QT)});
+          const bool prefault =
+              kDq && PrepareFreshOutput(p.dq, p.rows * p.cols * int64_t{sizeof(QT)});
           ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
             const int64_t offset = begin * problem.cols;
             QT* dq = Offset(static_cast<QT*>(problem.dq), offset);
@@ -166,7 +167,7 @@ std::string DequantizeTangent(const DequantizeTangentProblem& p, TaskRunner* run
           return std::string("dequantize_per_token tangent: q must be a float carrier");
         } else {
           const DequantizeTangentProblem problem = p;
-          const bool prefault = WantsPrefault(p.out, p.rows * p.cols * int64_t{sizeof(OutT)});
+          const bool prefault = PrepareFreshOutput(p.out, p.rows * p.cols * int64_t{sizeof(OutT)});
           ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
             const int64_t offset = begin * problem.cols;
             OutT* out = static_cast<OutT*>(problem.out) + offset;

@@ -239,7 +239,7 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner*
   return VisitFloat<CpuTypes>(p.x_type, [&](auto x_tag) {
     using XT = typename decltype(x_tag)::type;
     const FakeQuantizeDynamicProblem problem = p;
-    const bool prefault = WantsPrefault(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
+    const bool prefault = PrepareFreshOutput(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
     ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
       if (prefault) {
         PrefaultForWriting(static_cast<XT*>(problem.out) + begin * problem.cols,
@@ -260,7 +260,7 @@ std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p, TaskRunner*
     using ScaleT = typename decltype(scale_tag)::type;
     const auto run = [&](auto has_x, auto has_scale) {
       const FakeQuantizeTangentProblem problem = p;
-      const bool prefault = WantsPrefault(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
+      const bool prefault = PrepareFreshOutput(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
       ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
         const int64_t offset = begin * problem.cols;
         XT* out = static_cast<XT*>(problem.out) + offset;
@@ -294,7 +294,7 @@ std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& p, TaskRunne
       constexpr bool kWantGradX = decltype(want_grad_x)::value;
       const FakeQuantizeBackwardProblem problem = p;
       const bool prefault =
-          kWantGradX && WantsPrefault(p.grad_x, p.rows * p.cols * int64_t{sizeof(XT)});
+          kWantGradX && PrepareFreshOutput(p.grad_x, p.rows * p.cols * int64_t{sizeof(XT)});
       ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
         const int64_t offset = begin * problem.cols;
         XT* grad_x = kWantGradX ? static_cast<XT*>(problem.grad_x) + offset : nullptr;

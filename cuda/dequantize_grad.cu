@@ -117,7 +117,9 @@ __device__ __forceinline__ Pack<T, kVec> LoadPackInOrder(const T* address) {
   constexpr int kWords = sizeof(Pack<T, kVec>) / 16;
   uint4 words[kWords];
 #pragma unroll
-  for (int i = 0; i < kWords; ++i) words[i] = LoadInOrder(reinterpret_cast<const uint4*>(address) + i);
+  for (int i = 0; i < kWords; ++i) {
+    words[i] = LoadInOrder(reinterpret_cast<const uint4*>(address) + i);
+  }
   Pack<T, kVec> pack;
   memcpy(&pack, words, sizeof(pack));
   return pack;
@@ -472,7 +474,9 @@ std::string DequantizeGrad(const DequantizeGradProblem& p, cudaStream_t stream) 
           if (want_dq) return std::string("dequantize_per_token backward: dq needs a float q");
           return LaunchGradDefault<QT, ScaleT, OutT, false, true>(p, stream);
         } else {
-          if (want_dq && want_dscale) return LaunchGradDefault<QT, ScaleT, OutT, true, true>(p, stream);
+          if (want_dq && want_dscale) {
+            return LaunchGradDefault<QT, ScaleT, OutT, true, true>(p, stream);
+          }
           if (want_dq) return LaunchGradDefault<QT, ScaleT, OutT, true, false>(p, stream);
           return LaunchGradDefault<QT, ScaleT, OutT, false, true>(p, stream);
         }
