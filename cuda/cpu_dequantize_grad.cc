@@ -130,12 +130,11 @@ std::string DequantizeGrad(const DequantizeGradProblem& p, TaskRunner* runner) {
         const auto run = [&](auto dq_tag, auto dscale_tag) {
           constexpr bool kDq = decltype(dq_tag)::value;
           constexpr bool kDscale = decltype(dscale_tag)::value;
-          const bool prefault =
-              kDq && PrepareFreshOutput(p.dq, p.rows * p.cols * int64_t{sizeof(QT)});
-          ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+          QT* const dq_out = kDq ? static_cast<QT*>(p.dq) : nullptr;
+          ParallelRowsWriting(p.rows, p.cols, runner, dq_out,
+                              [problem](int64_t begin, int64_t end) {
             const int64_t offset = begin * problem.cols;
             QT* dq = Offset(static_cast<QT*>(problem.dq), offset);
-            if (prefault) PrefaultForWriting(dq, (end - begin) * problem.cols * sizeof(QT));
             GradRows<QT, ScaleT, OutT, kDq, kDscale>(
                 Offset(static_cast<const OutT*>(problem.dy), offset),
                 Offset(static_cast<const QT*>(problem.q), offset),
@@ -167,11 +166,10 @@ std::string DequantizeTangent(const DequantizeTangentProblem& p, TaskRunner* run
           return std::string("dequantize_per_token tangent: q must be a float carrier");
         } else {
           const DequantizeTangentProblem problem = p;
-          const bool prefault = PrepareFreshOutput(p.out, p.rows * p.cols * int64_t{sizeof(OutT)});
-          ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+          ParallelRowsWriting(p.rows, p.cols, runner, static_cast<OutT*>(p.out),
+                              [problem](int64_t begin, int64_t end) {
             const int64_t offset = begin * problem.cols;
             OutT* out = static_cast<OutT*>(problem.out) + offset;
-            if (prefault) PrefaultForWriting(out, (end - begin) * problem.cols * sizeof(OutT));
             TangentRows(static_cast<const QT*>(problem.q_tangent) + offset,
                         static_cast<const ScaleT*>(problem.scale_tangent) + begin,
                         static_cast<const QT*>(problem.q) + offset,

@@ -239,12 +239,8 @@ std::string FakeQuantizeDynamic(const FakeQuantizeDynamicProblem& p, TaskRunner*
   return VisitFloat<CpuTypes>(p.x_type, [&](auto x_tag) {
     using XT = typename decltype(x_tag)::type;
     const FakeQuantizeDynamicProblem problem = p;
-    const bool prefault = PrepareFreshOutput(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
-    ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
-      if (prefault) {
-        PrefaultForWriting(static_cast<XT*>(problem.out) + begin * problem.cols,
-                           (end - begin) * problem.cols * sizeof(XT));
-      }
+    ParallelRowsWriting(p.rows, p.cols, runner, static_cast<XT*>(p.out),
+                        [problem](int64_t begin, int64_t end) {
       RunForIsa<FakeQuantizeDynamicKernel<XT>>(&problem, begin, end);
     });
     return std::string();
@@ -260,11 +256,10 @@ std::string FakeQuantizeTangent(const FakeQuantizeTangentProblem& p, TaskRunner*
     using ScaleT = typename decltype(scale_tag)::type;
     const auto run = [&](auto has_x, auto has_scale) {
       const FakeQuantizeTangentProblem problem = p;
-      const bool prefault = PrepareFreshOutput(p.out, p.rows * p.cols * int64_t{sizeof(XT)});
-      ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+      ParallelRowsWriting(p.rows, p.cols, runner, static_cast<XT*>(p.out),
+                          [problem](int64_t begin, int64_t end) {
         const int64_t offset = begin * problem.cols;
         XT* out = static_cast<XT*>(problem.out) + offset;
-        if (prefault) PrefaultForWriting(out, (end - begin) * problem.cols * sizeof(XT));
         FakeQuantizeTangentRows<XT, ScaleT, decltype(has_x)::value, decltype(has_scale)::value>(
             static_cast<const XT*>(problem.x) + offset,
             static_cast<const ScaleT*>(problem.scale) + begin, Offset(problem.zero_point, begin),
@@ -293,12 +288,11 @@ std::string FakeQuantizeBackward(const FakeQuantizeBackwardProblem& p, TaskRunne
     const auto run = [&](auto want_grad_x) {
       constexpr bool kWantGradX = decltype(want_grad_x)::value;
       const FakeQuantizeBackwardProblem problem = p;
-      const bool prefault =
-          kWantGradX && PrepareFreshOutput(p.grad_x, p.rows * p.cols * int64_t{sizeof(XT)});
-      ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
+      XT* const grad_x_out = kWantGradX ? static_cast<XT*>(p.grad_x) : nullptr;
+      ParallelRowsWriting(p.rows, p.cols, runner, grad_x_out,
+                          [problem](int64_t begin, int64_t end) {
         const int64_t offset = begin * problem.cols;
         XT* grad_x = kWantGradX ? static_cast<XT*>(problem.grad_x) + offset : nullptr;
-        if (prefault) PrefaultForWriting(grad_x, (end - begin) * problem.cols * sizeof(XT));
         FakeQuantizeBackwardRows<XT, ScaleT, kWantGradX>(
             static_cast<const XT*>(problem.x) + offset,
             static_cast<const ScaleT*>(problem.scale) + begin,

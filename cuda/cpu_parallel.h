@@ -179,7 +179,8 @@ inline bool PrepareFreshOutput(void* data, int64_t bytes) {
 // chunk writable in one system call instead of a fault per page; it changes no
 // data and allocates nothing we would not write anyway. Any failure (an older
 // kernel, a mapping that cannot be populated) is ignored: the writes then
-// fault as usual. Callers ask PrepareFreshOutput once per output.
+// fault as usual. Callers ask PrepareFreshOutput once per output
+// (ParallelRowsWriting does both).
 inline void PrefaultForWriting(void* data, int64_t bytes) {
 #if defined(__linux__)
   constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, missing from older headers
@@ -190,6 +191,20 @@ inline void PrefaultForWriting(void* data, int64_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+// ParallelRows for a body that writes `out`, a [rows, cols] array of T (null:
+// an output not asked for): when the output is fresh (PrepareFreshOutput),
+// each chunk's rows of it are prefaulted by the thread that writes them.
+template <typename T, typename Body>
+void ParallelRowsWriting(int64_t rows, int64_t cols, TaskRunner* runner, T* out,
+                         const Body& body) {
+  const bool prefault =
+      out != nullptr && PrepareFreshOutput(out, rows * cols * int64_t{sizeof(T)});
+  ParallelRows(rows, cols, runner, [body, out, cols, prefault](int64_t begin, int64_t end) {
+    if (prefault) PrefaultForWriting(out + begin * cols, (end - begin) * cols * sizeof(T));
+    body(begin, end);
+  });
 }
 
 // --- Row-wise maps ---------------------------------------------------------------------------------

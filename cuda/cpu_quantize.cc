@@ -154,12 +154,8 @@ std::string QuantizeDynamic(const DynamicQuantizeProblem& p, TaskRunner* runner)
         using ScaleT = typename decltype(scale_tag)::type;
         using QT = typename decltype(q_tag)::type;
         const DynamicQuantizeProblem problem = p;
-        const bool prefault = PrepareFreshOutput(p.q, p.rows * p.cols * int64_t{sizeof(QT)});
-        ParallelRows(p.rows, p.cols, runner, [problem, prefault](int64_t begin, int64_t end) {
-          if (prefault) {
-            PrefaultForWriting(static_cast<QT*>(problem.q) + begin * problem.cols,
-                               (end - begin) * problem.cols * sizeof(QT));
-          }
+        ParallelRowsWriting(p.rows, p.cols, runner, static_cast<QT*>(p.q),
+                            [problem](int64_t begin, int64_t end) {
           RunForIsa<QuantizeDynamicKernel<XT, ScaleT, QT>>(&problem, begin, end);
         });
         return std::string();
