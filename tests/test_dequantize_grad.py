@@ -198,6 +198,35 @@ def test_cotangents_are_exact_where_the_sum_is_exact(
         np.testing.assert_array_equal(np.asarray(ct_scale), 0)
 
 
+@pytest.mark.parametrize("q_dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("out_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("cols", [32, 33])
+def test_dscale_with_zero_points_of_any_size(device, q_dtype, out_dtype, cols):
+    """q - zp is rounded once, as the reference rounds it, for zero points of any size.
+
+    The GPU's 8-bit levels become floats by bit arithmetic that folds the zero point into one
+    exact subtraction up to |zp| = 2^22 and subtracts it separately beyond; D = 32 runs the
+    aligned dscale kernel there, D = 33 the general one. One nonzero dy per row makes the sum
+    a single term, so the bits must be the reference's.
+    """
+    rng = np.random.default_rng(21)
+    limit = 1 << 22
+    zero_point = np.array(
+        [0, 1, -1, 127, -128, 255, limit - 1, limit, -limit, limit + 1, -limit - 1,
+         (1 << 24) + 1, -(1 << 24) - 3, 12345679, -(2**31), 2**31 - 1],
+        dtype=np.int32,
+    )
+    rows = zero_point.size
+    q = _levels(rng, q_dtype, (rows, cols))
+    dy = np.zeros((rows, cols), out_dtype)
+    dy[np.arange(rows), rng.integers(0, cols, size=rows)] = rng.choice([1.0, -2.0, 0.5], rows)
+    scale = np.ones(rows, np.float32)
+    (_, ct_scale, _), (_, want_scale, _) = _both_vjps(
+        device, q, scale, zero_point, dy, np.dtype(out_dtype)
+    )
+    assert_bitwise_equal(ct_scale, want_scale, f"dscale, {q_dtype} levels, D={cols}")
+
+
 @pytest.mark.parametrize("scale_dtype,out_dtype", [("float32", "bfloat16"), ("float32", "float32")])
 def test_special_values(platform, device, scale_dtype, out_dtype):
     """NaN/Inf in dy, special scales, and subnormal dq follow the reference (and the platform)."""
