@@ -177,8 +177,7 @@ void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double by
 #if TUNE_PART == 3
 template <typename XT, typename QT, int kBytes, int kCompactBlocks = jdq::cuda::kCompactMinBlocks>
 void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
-                     cudaStream_t stream, int64_t prefetch_bytes = jdq::cuda::kPrefetchBytes,
-                     bool prefetch_bulk = jdq::cuda::kPrefetchBulk) {
+                     cudaStream_t stream) {
   jdq::DynamicQuantizeProblem p{};
   p.x = buf.a;
   p.q = buf.b;
@@ -193,17 +192,14 @@ void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols,
   constexpr int kVec = 16 / sizeof(XT);
   const double us = TimeUs(stream, [&] {
     const std::string error =
-        jdq::cuda::Launch<XT, float, QT, kVec, kBytes, kCompactBlocks>(p, stream, prefetch_bytes,
-                                                                       prefetch_bulk);
+        jdq::cuda::Launch<XT, float, QT, kVec, kBytes, kCompactBlocks>(p, stream);
     if (!error.empty()) {
       std::fprintf(stderr, "%s\n", error.c_str());
       std::exit(1);
     }
   });
-  char config[96];
-  std::snprintf(config, sizeof config, "%d bytes/thread min%d prefetch %lld MiB %s", kBytes,
-                kCompactBlocks, static_cast<long long>(prefetch_bytes >> 20),
-                prefetch_bytes == 0 ? "-" : (prefetch_bulk ? "bulk" : "lines"));
+  char config[64];
+  std::snprintf(config, sizeof config, "%d bytes/thread min%d", kBytes, kCompactBlocks);
   Report(name, config, rows, cols, bytes, us);
 }
 
@@ -215,20 +211,16 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
   SweepDynamicOne<XT, int8_t, jdq::cuda::kBytesPerThread<XT>>(name, buf, rows, cols, bytes, stream);
   return;
 #endif
-  // L2 prefetch of the row a distance ahead: none, then bulk and line by
-  // line at 2 to 32 MiB, with the library's share per thread.
-  constexpr int kLibrary = jdq::cuda::kBytesPerThread<XT>;
-  SweepDynamicOne<XT, int8_t, kLibrary>(name, buf, rows, cols, bytes, stream, 0, false);
-  for (const int64_t mib : {2, 8, 16, 32}) {
-    for (const bool bulk : {true, false}) {
-      SweepDynamicOne<XT, int8_t, kLibrary>(name, buf, rows, cols, bytes, stream, mib << 20, bulk);
-    }
-  }
-  // Shares per thread and resident blocks, with the library's prefetch.
-  SweepDynamicOne<XT, int8_t, kLibrary / 2>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 16>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 32>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 64>(name, buf, rows, cols, bytes, stream);
+  SweepDynamicOne<XT, int8_t, 128>(name, buf, rows, cols, bytes, stream);
   if constexpr (sizeof(XT) == 2) {
+    // Resident blocks of the 16-bit block-per-row kernel (register caps 64, 48, 32).
     SweepDynamicOne<XT, int8_t, 64, 4>(name, buf, rows, cols, bytes, stream);
+    SweepDynamicOne<XT, int8_t, 64, 5>(name, buf, rows, cols, bytes, stream);
     SweepDynamicOne<XT, int8_t, 64, 8>(name, buf, rows, cols, bytes, stream);
+    SweepDynamicOne<XT, int8_t, 32, 8>(name, buf, rows, cols, bytes, stream);
   }
 }
 #endif  // TUNE_PART == 3
@@ -272,9 +264,17 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
                cudaStream_t stream) {
   SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
                                                                        bytes, 2, stream);
-  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);  // the library's
+  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 1, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 2, 512>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 1, 4, 512>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 1, 8, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);  // the library's
+  SweepGradOne<OutT, 2, 1, 1024>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 1, 2, 1024>(name, buf, rows, cols, bytes, 1, stream);
 }
 #endif  // TUNE_PART == 4
 

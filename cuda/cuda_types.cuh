@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstring>
 #include <cuda_fp16.h>
-#include <type_traits>
 
 #include "numerics.h"
 
@@ -141,64 +140,6 @@ __device__ __forceinline__ void StoreIf(bool store, T* address, const T& value) 
                  :
                  : "r"(predicate), "l"(global), "r"(w)
                  : "memory");
-  }
-}
-
-// Levels of 8-bit integers minus a zero point, as float32, each the bits of
-// sub_rn(static_cast<float>(level), static_cast<float>(zero_point)), for
-// |zero_point| <= kLevelsZeroPointLimit. No conversion instruction (Hopper
-// converts 16 integers per clock per SM, against 64 byte permutes and 128
-// float adds): the byte b of a level (offset by 128 for int8) becomes the low
-// bits of the float 2^23 + b, and one subtraction of 2^23 (+ 128) + zero_point,
-// an exact float, leaves level - zero_point rounded once. A level equal to the
-// zero point gives +0, as the subtraction of equal floats does.
-constexpr int32_t kLevelsZeroPointLimit = 1 << 22;
-
-template <typename QT, int kVec>
-__device__ __forceinline__ void LevelsMinusZeroPoint(const Pack<QT, kVec>& levels,
-                                                     int32_t zero_point, float (&out)[kVec]) {
-  static_assert(std::is_integral_v<QT> && sizeof(QT) == 1 && kVec % 4 == 0,
-                "whole 4-byte words of 8-bit levels");
-  constexpr uint32_t kExponent = 0x4b000000u;  // the float 2^23
-  constexpr uint32_t kFlip = std::is_signed_v<QT> ? 0x80808080u : 0u;
-  const float offset = (std::is_signed_v<QT> ? 8388736.0f : 8388608.0f) +
-                       static_cast<float>(zero_point);  // exact: both below 2^24
-  uint32_t words[kVec / 4];
-  memcpy(words, &levels, sizeof(words));
-#pragma unroll
-  for (int j = 0; j < kVec / 4; ++j) {
-    const uint32_t biased = words[j] ^ kFlip;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      // Byte i of `biased` under the bytes 0x00, 0x00, 0x4b.
-      const uint32_t bits = __byte_perm(biased, kExponent, 0x7440u | static_cast<uint32_t>(i));
-      out[4 * j + i] = __fsub_rn(__uint_as_float(bits), offset);
-    }
-  }
-}
-
-// Asks L2 to fetch [address, address + bytes) ahead of its use, without
-// waiting and without registers. With `bulk` (sm_90 and later; address and
-// bytes multiples of 16, fewer than 2^32 bytes) one thread of the group
-// issues one bulk prefetch for all of it; otherwise each of the group's
-// threads asks for every group-th 128-byte line.
-__device__ __forceinline__ void PrefetchToL2(const void* address, int64_t bytes, int lane,
-                                             int group, bool bulk) {
-  const size_t global = __cvta_generic_to_global(address);
-  (void)bulk;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (bulk) {
-    if (lane == 0) {
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
-                   :
-                   : "l"(global), "r"(static_cast<uint32_t>(bytes))
-                   : "memory");
-    }
-    return;
-  }
-#endif
-  for (int64_t offset = int64_t{lane} * 128; offset < bytes; offset += int64_t{group} * 128) {
-    asm volatile("prefetch.global.L2 [%0];" : : "l"(global + offset));
   }
 }
 

@@ -291,31 +291,13 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   C sum = C(0);
   if (row < rows) {
     const int64_t first = row * chunks_per_row;  // in chunks of the flat arrays
-    const int32_t zero = zero_point != nullptr ? zero_point[row] : 0;
-    const C row_zero = static_cast<C>(zero);
-    // 8-bit levels with a float32 sum: q - zp without conversions, in one
-    // subtraction when the zero point allows it (always, in practice).
-    constexpr bool kByteLevels = std::is_same_v<C, float> && std::is_integral_v<QT> && sizeof(QT) == 1;
-    const bool zero_folded = zero >= -kLevelsZeroPointLimit && zero <= kLevelsZeroPointLimit;
+    const C row_zero = zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
     auto add_chunk = [&](const Pack<OutT, kVec>& grads, const Pack<QT, kVec>& levels) {
-      C shifted[kVec];  // q - zp
-      if constexpr (kByteLevels) {
-        if (zero_folded) {
-          LevelsMinusZeroPoint(levels, zero, shifted);
-        } else {
-          LevelsMinusZeroPoint(levels, 0, shifted);
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) shifted[i] = sub_rn(shifted[i], row_zero);
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-          shifted[i] = sub_rn(Convert<QT>::template ToCompute<C>(levels.v[i]), row_zero);
-        }
-      }
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        sum = add_rn(sum, mul_rn(Convert<OutT>::template ToCompute<C>(grads.v[i]), shifted[i]));
+        const C grad = Convert<OutT>::template ToCompute<C>(grads.v[i]);
+        const C level = sub_rn(Convert<QT>::template ToCompute<C>(levels.v[i]), row_zero);
+        sum = add_rn(sum, mul_rn(grad, level));
       }
     };
     // Whole batches, then single chunks: no chunk of a batch is conditional,

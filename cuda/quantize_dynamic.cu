@@ -42,17 +42,6 @@ constexpr int kMaxThreads = 1024;
 // keep the default.
 constexpr int kCompactThreads = 256;
 constexpr int kCompactMinBlocks = 6;
-// How far ahead a group asks L2 for a row (PrefetchToL2), in bytes of x:
-// rows about this far ahead are fetched while the current ones are reduced
-// and quantized, so DRAM stays busy through each row's reduction.
-constexpr int64_t kPrefetchBytes = 8 << 20;
-constexpr bool kPrefetchBulk = true;
-
-// Rows ahead for a prefetch distance in bytes: 0 (none) for a distance of 0.
-int64_t PrefetchRows(int64_t bytes, int64_t row_bytes) {
-  if (bytes <= 0 || row_bytes <= 0) return 0;
-  return bytes / row_bytes > 0 ? bytes / row_bytes : 1;
-}
 
 // Chunks of kVec elements a thread holds: kBytes of the row when loads are
 // 16 bytes wide; 8 elements when they are scalar (more would spill).
@@ -73,11 +62,6 @@ struct DynamicParams {
   // Symmetric with the storage type's full range: QuantizeSaturating applies
   // (to 16-bit rows).
   bool saturating;
-  // A group starting row r first asks L2 for row r + prefetch_rows (none when
-  // 0), with one bulk prefetch when prefetch_bulk (16-byte rows) or line by
-  // line.
-  int64_t prefetch_rows;
-  bool prefetch_bulk;
 };
 
 // Folds a thread's packs of a row into the row's range (widened to include 0,
@@ -171,10 +155,6 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 
   for (int64_t row = first_row; row < params.rows; row += row_stride) {
     const XT* row_x = x + row * cols;
-    if (params.prefetch_rows > 0 && row + params.prefetch_rows < params.rows) {
-      PrefetchToL2(row_x + params.prefetch_rows * cols, cols * static_cast<int64_t>(sizeof(XT)),
-                   lane, group, kVec > 1 && params.prefetch_bulk);
-    }
     QT* row_q = q + row * cols;
     XPack held[kChunks];
     auto load = [&](int64_t base) {
@@ -259,8 +239,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 
 template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes = kBytesPerThread<XT>,
           int kCompactBlocks = kCompactMinBlocks>
-std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream,
-                   int64_t prefetch_bytes = kPrefetchBytes, bool prefetch_bulk = kPrefetchBulk) {
+std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
   using C = ComputeType<ScaleT, XT>;
   constexpr int64_t kElemsPerThread = ChunksPerThread<XT, kVec, kBytes>() * kVec;
   const ScaleRange<C> range = ScaleRangeFor<C>(p.scale_type);
@@ -272,9 +251,7 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream,
                                 range.smallest_normal,
                                 range.largest,
                                 p.symmetric && p.qmin == std::numeric_limits<QT>::lowest() &&
-                                    p.qmax == std::numeric_limits<QT>::max(),
-                                PrefetchRows(prefetch_bytes, p.cols * static_cast<int64_t>(sizeof(XT))),
-                                prefetch_bulk && p.cols * static_cast<int64_t>(sizeof(XT)) < (int64_t{1} << 32)};
+                                    p.qmax == std::numeric_limits<QT>::max()};
   constexpr int64_t kMaxBlocks = 0x7fffffff;  // more rows are walked grid-stride
   auto* x = static_cast<const XT*>(p.x);
   auto* q = static_cast<QT*>(p.q);

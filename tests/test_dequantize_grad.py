@@ -204,10 +204,9 @@ def test_cotangents_are_exact_where_the_sum_is_exact(
 def test_dscale_with_zero_points_of_any_size(device, q_dtype, out_dtype, cols):
     """q - zp is rounded once, as the reference rounds it, for zero points of any size.
 
-    The GPU's 8-bit levels become floats by bit arithmetic that folds the zero point into one
-    exact subtraction up to |zp| = 2^22 and subtracts it separately beyond; D = 32 runs the
-    aligned dscale kernel there, D = 33 the general one. One nonzero dy per row makes the sum
-    a single term, so the bits must be the reference's.
+    Zero points beyond float32's exact integers (2^24) round when converted, as the reference
+    rounds them. D = 32 runs the GPU's aligned dscale kernel, D = 33 its general one. One
+    nonzero dy per row makes each sum a single term, so the bits must be the reference's.
     """
     rng = np.random.default_rng(21)
     limit = 1 << 22
