@@ -264,8 +264,9 @@ def store_scale(scale, scale_dtype):
     """Rounds a scale computed in C to ``scale_dtype``.
 
     A float64 value is stored as float16/bfloat16 through float32 (two
-    roundings): that is what XLA's convert does on CPU and GPU and what the
-    kernels do; written out here so that it cannot depend on XLA's choice.
+    roundings): that is what the kernels do, and what XLA's convert does in
+    jax 0.10 and 0.12 (jax 0.11's rounds once); written out here so that it
+    cannot depend on XLA's choice.
 
     Args:
         scale: the scale in C.
