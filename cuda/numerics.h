@@ -25,8 +25,8 @@ namespace jdq {
 // Conversions between a storage type and the compute type C. Each platform
 // specializes this for its 16-bit float types (cpu_types.h, cuda_types.cuh).
 // A float64 value is stored as float16/bfloat16 through float32 (two
-// roundings), which is what XLA's convert does in jax 0.10 and 0.12 (jax
-// 0.11's rounds once: tests/test_dequantize_grad.py computes that case).
+// roundings), which is what XLA's convert does in jax 0.10.2 and 0.12.0.1
+// on the CPU (jax 0.11.2's rounds once: tests/test_dequantize_grad.py computes that case).
 template <typename T, typename Enable = void>
 struct Convert {
   template <typename C>

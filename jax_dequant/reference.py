@@ -265,7 +265,7 @@ def store_scale(scale, scale_dtype):
 
     A float64 value is stored as float16/bfloat16 through float32 (two
     roundings): that is what the kernels do, and what XLA's convert does in
-    jax 0.10 and 0.12 (jax 0.11's rounds once); written out here so that it
+    jax 0.10.2 and 0.12.0.1 on the CPU (jax 0.11.2's rounds once); written out here so that it
     cannot depend on XLA's choice.
 
     Args:

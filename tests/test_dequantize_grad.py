@@ -94,8 +94,8 @@ def _expected_dq(xla_dq, q, scale, dy, scale_dtype, out_dtype):
 
     Autodiff of the reference is the expectation, except where C is float64 and q is a
     16-bit float: there the contract goes through float32 (two roundings, as for a stored
-    scale), while XLA's own convert rounds once in some jax versions (0.11) and twice in
-    others (0.10, 0.12), so the expectation is computed here.
+    scale), while XLA's own convert rounds once in jax 0.11.2 (CPU and GPU) and twice in
+    0.10.2 and 0.12.0.1 (CPU), so the expectation is computed here.
     """
     q_dtype = np.dtype(q.dtype)
     if _compute(scale_dtype, out_dtype) != np.float64 or q_dtype.itemsize != 2:
