@@ -264,16 +264,13 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
                cudaStream_t stream) {
   SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
                                                                        bytes, 2, stream);
-  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 1, 3, 512>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 2, 2, 512>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 1, 4, 512>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 2, 3, 512>(name, buf, rows, cols, bytes, 2, stream);
-  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 1, 8, 256>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);  // the library's
-  SweepGradOne<OutT, 2, 1, 1024>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
+  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 2, 8, 256>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 2, 2, 512>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 1, 2, 1024>(name, buf, rows, cols, bytes, 1, stream);
 }
 #endif  // TUNE_PART == 4
@@ -355,7 +352,7 @@ int main() {
 #if TUNE_PART == 1
   CheckSaturation();
 #endif
-  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {1, 4096}};
+  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {16, 4096}, {1, 4096}};
   for (const auto& shape : shapes) {
     const int64_t rows = shape[0], cols = shape[1];
     const double n = static_cast<double>(rows * cols);

@@ -4,13 +4,17 @@
 // Layout. A group of G threads (a power of two from 1 to 256, chosen from the
 // row length: a warp or less for short rows, a whole block for long ones) owns
 // one row at a time; a 256-thread block holds 256 / G groups and blocks stride
-// over the rows. A chunk is kVec elements, 16 bytes of the narrower of the
-// arrays walked together (the wider one moves in several 16-byte accesses).
+// over the rows. A chunk is kVec elements, 16 bytes of the wider of the
+// arrays walked together (the narrower one moves in one access of 2 to 8
+// bytes), so a warp's access of the wider array covers 512 contiguous bytes:
+// every 32-byte sector is requested once. (With chunks of 16 bytes of the
+// narrower array, a lane read its 32 bytes of bfloat16 dy in two 16-byte
+// loads, and each warp load asked L2 for twice the sectors it used.)
 // A row [start, end) of the flat [rows * cols] array is cut at
 // multiples of kVec of the *flat* index: chunk j covers
 // [max(start, (a + j) kVec), min(end, (a + j + 1) kVec)) with a = start / kVec.
 // Every chunk but the first and last of a row is full and, when the base
-// pointers are 16-byte aligned, moves with 16-byte loads and stores whatever
+// pointers are 16-byte aligned, moves with one access per array whatever
 // cols is; partial chunks (at most two per row) go element by element.
 //
 // Determinism. Lane l of a group takes chunks l, l + G, l + 2G, ... in
@@ -44,8 +48,8 @@ namespace {
 
 constexpr int kBlock = 256;
 // At least this many blocks resident per SM (caps registers at 64 per thread):
-// 1024 threads with one chunk (two to three 16-byte loads) each in flight keep
-// 32 KiB or more of loads in flight per SM, and one block's reduction barrier
+// 1024 threads with two chunks (two to four loads) each in flight keep
+// 36 KiB or more of loads in flight per SM, and one block's reduction barrier
 // never leaves an SM idle. (Loading several chunks ahead per thread made ptxas
 // spill under this cap.)
 constexpr int kMinBlocksPerSm = 4;
@@ -53,10 +57,10 @@ constexpr int kWarp = 32;
 // Chunks each lane should get before a row is given more lanes.
 constexpr int64_t kChunksPerLane = 2;
 
-// Elements per chunk: 16 bytes of the narrower of the two arrays walked
-// together; the wider one moves in several 16-byte accesses.
+// Elements per chunk: 16 bytes of the wider of the two arrays walked
+// together; the narrower one moves in one smaller access.
 template <typename A, typename B>
-inline constexpr int kChunkElements = 16 / (sizeof(A) < sizeof(B) ? sizeof(A) : sizeof(B));
+inline constexpr int kChunkElements = 16 / (sizeof(A) > sizeof(B) ? sizeof(A) : sizeof(B));
 
 // A backward chunk as loaded: dy, and q when dscale is wanted.
 template <typename QT, typename OutT, int kVec>
@@ -85,9 +89,9 @@ struct GradShape {
   static constexpr int block = kBlockThreads;
 };
 
-// 16-byte global accesses of a chunk. The store is spelled in PTX: given a
-// plain aggregate or uint4 store of 16-bit values, the compiler splits it into
-// 4-byte stores.
+// One global access of a chunk's piece of an array: 16 bytes, or 4 or 8 for
+// the narrower array. The store is spelled in PTX: given a plain aggregate or
+// uint4 store of 16-bit values, the compiler splits it into 4-byte stores.
 template <typename T, int kVec>
 __device__ __forceinline__ Pack<T, kVec> LoadPack(const T* address) {
   return *reinterpret_cast<const Pack<T, kVec>*>(address);
@@ -95,33 +99,39 @@ __device__ __forceinline__ Pack<T, kVec> LoadPack(const T* address) {
 
 template <typename T, int kVec>
 __device__ __forceinline__ void StorePack(T* address, const Pack<T, kVec>& pack) {
-  static_assert(sizeof(Pack<T, kVec>) % 16 == 0, "a chunk is whole 16-byte words");
-  constexpr int kWords = sizeof(Pack<T, kVec>) / 16;
-  uint4 words[kWords];
-  memcpy(words, &pack, sizeof(pack));
+  constexpr int kBytes = sizeof(Pack<T, kVec>);
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "one 4-, 8- or 16-byte access");
   const size_t global = __cvta_generic_to_global(address);
-#pragma unroll
-  for (int i = 0; i < kWords; ++i) {
+  if constexpr (kBytes == 16) {
+    uint4 w;
+    memcpy(&w, &pack, sizeof(w));
     asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
                  :
-                 : "l"(global + 16 * i), "r"(words[i].x), "r"(words[i].y), "r"(words[i].z),
-                   "r"(words[i].w));
+                 : "l"(global), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w));
+  } else if constexpr (kBytes == 8) {
+    uint2 w;
+    memcpy(&w, &pack, sizeof(w));
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};" : : "l"(global), "r"(w.x), "r"(w.y));
+  } else {
+    uint32_t w;
+    memcpy(&w, &pack, sizeof(w));
+    asm volatile("st.global.b32 [%0], %1;" : : "l"(global), "r"(w));
   }
 }
 
-// A chunk read with LoadInOrder: issued where it is written, never sunk into
-// the branch that uses it (see cuda_types.cuh).
+// A chunk's piece read with LoadInOrder: issued where it is written, never
+// sunk into the branch that uses it (see cuda_types.cuh).
 template <typename T, int kVec>
 __device__ __forceinline__ Pack<T, kVec> LoadPackInOrder(const T* address) {
-  static_assert(sizeof(Pack<T, kVec>) % 16 == 0, "a chunk is whole 16-byte words");
-  constexpr int kWords = sizeof(Pack<T, kVec>) / 16;
-  uint4 words[kWords];
-#pragma unroll
-  for (int i = 0; i < kWords; ++i) {
-    words[i] = LoadInOrder(reinterpret_cast<const uint4*>(address) + i);
-  }
+  constexpr int kBytes = sizeof(Pack<T, kVec>);
+  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16,
+                "one 2-, 4-, 8- or 16-byte access");
+  using Word = std::conditional_t<
+      kBytes == 16, uint4,
+      std::conditional_t<kBytes == 8, uint2, std::conditional_t<kBytes == 4, uint32_t, uint16_t>>>;
+  const Word word = LoadInOrder(reinterpret_cast<const Word*>(address));
   Pack<T, kVec> pack;
-  memcpy(&pack, words, sizeof(pack));
+  memcpy(&pack, &word, sizeof(pack));
   return pack;
 }
 
@@ -130,8 +140,8 @@ bool IsAligned(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer
 // Walks the chunks a lane owns in one row [start, start + cols), in the fixed
 // order described above. Chunk 0 is the partial head before the first multiple
 // of kVec (if any), then come the full chunks, then the partial tail (if any).
-// With `vector_ok`, the full chunk [lo, lo + kVec) is read with 16-byte
-// accesses by `load_chunk(lo)` and handled by `use_chunk(lo, loaded)`; the
+// With `vector_ok`, the full chunk [lo, lo + kVec) is read with one access per
+// array by `load_chunk(lo)` and handled by `use_chunk(lo, loaded)`; the
 // loads of kBatch consecutive chunks of the lane are all issued before the
 // first is used, so a lane waits for memory once per kBatch chunks (the use
 // order, and so every sum, is unchanged). Otherwise, and for the head and

@@ -415,9 +415,10 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
     if platform == "cuda":
         layout = (
             "a group of 1 to 256 threads per row (a warp or less for short rows, a block for "
-            "long ones), 16-byte loads of dy and q, per-lane sums in a fixed chunk order, then a "
-            "shuffle butterfly and a fixed shared-memory sum; no atomics; the dscale pass alone "
-            "on rows of whole aligned 16-byte chunks runs a leaner kernel with the same order"
+            "long ones), chunks of 16 bytes of the wider array (one load each of dy and q, "
+            "contiguous across a warp), per-lane sums in a fixed chunk order, then a shuffle "
+            "butterfly and a fixed shared-memory sum; no atomics; the dscale pass alone on rows "
+            "of whole aligned chunks runs a leaner kernel with the same order"
         )
     else:
         layout = (
