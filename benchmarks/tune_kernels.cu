@@ -263,10 +263,10 @@ template <typename OutT>
 void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                cudaStream_t stream) {
   SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
-                                                                       bytes, 2, stream);
-  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);  // the library's
+                                                                       bytes, 4, stream);
+  SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);  // the library's
+  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
-  SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
   SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 2, 8, 256>(name, buf, rows, cols, bytes, 2, stream);

@@ -54,8 +54,9 @@ constexpr int kBlock = 256;
 // spill under this cap.)
 constexpr int kMinBlocksPerSm = 4;
 constexpr int kWarp = 32;
-// Chunks each lane should get before a row is given more lanes.
-constexpr int64_t kChunksPerLane = 2;
+// Chunks each lane should get before a row is given more lanes (so a row of
+// 4096 bfloat16 dy, 512 chunks, gets 128 lanes).
+constexpr int64_t kChunksPerLane = 4;
 
 // Elements per chunk: 16 bytes of the wider of the two arrays walked
 // together; the narrower one moves in one smaller access.
@@ -74,10 +75,12 @@ struct TangentChunk {
   Pack<QT, kVec> tangents;
   Pack<QT, kVec> levels;
 };
-// Backward chunks loaded ahead per lane: two while a chunk is at most 48 bytes
-// (two stay inside the register cap below), else one.
+// Backward chunks loaded ahead per lane: as many as fit in 96 bytes (so they
+// stay inside the register cap below), at most kChunksPerLane.
 template <typename QT, typename OutT>
-inline constexpr int kGradBatch = sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 48 ? 2 : 1;
+inline constexpr int kGradBatch = sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 24   ? 4
+                                  : sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 48 ? 2
+                                                                                                 : 1;
 
 // A launch shape of the backward kernel: chunks loaded ahead per lane, the
 // resident blocks per SM it is compiled for, and the chunks each lane should
@@ -446,15 +449,15 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
   return LaunchStatus("dequantize_per_token backward (dscale)");
 }
 
-// The library's launch shapes: 256-thread blocks, groups sized for two chunks
-// per lane, two chunks loaded ahead where registers allow, 4 blocks per SM.
-// The dscale pass alone (integer q: the common case) runs DscaleAlignedKernel
-// on aligned rows, with the same groups and so the same sums as the general
-// kernel. Measured on an H200 (tune_kernels.cu part 4, int8 q, bf16 dy,
-// 16384x8192, CUDA-graph device time): the general kernel 120.7 us, the
-// aligned one 89.9 us with this shape (XLA's reduction: 89.1 us in the
-// benchmark); 512- and 1024-thread blocks and one chunk per lane were no
-// faster (docs/perf.md).
+// The library's launch shapes: 256-thread blocks, groups sized for four chunks
+// per lane, up to four loaded ahead (kGradBatch), 4 blocks per SM. The dscale
+// pass alone (integer q: the common case) runs DscaleAlignedKernel on aligned
+// rows, with the same groups and so the same sums as the general kernel, all
+// four chunks of a lane loaded at once. Measured on an H200 (tune_kernels.cu
+// part 4, int8 q, bf16 dy, CUDA-graph device time; docs/perf.md): 90.2 us at
+// 16384x8192, 12.5 us at 4096x4096, 1.64 us at 1x4096 (two chunks per lane:
+// 91.8, 14.9, 1.70; the general kernel 132.4, 23.7, 2.34); 512- and
+// 1024-thread blocks and 6 or 8 blocks per SM were no faster.
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
 std::string LaunchGradDefault(const DequantizeGradProblem& p, cudaStream_t stream) {
   if constexpr (kDq) {
@@ -462,7 +465,7 @@ std::string LaunchGradDefault(const DequantizeGradProblem& p, cudaStream_t strea
                       GradShape<kGradBatch<QT, OutT>, kMinBlocksPerSm>>(p, stream,
                                                                         kChunksPerLane);
   } else {
-    return LaunchDscale<QT, ScaleT, OutT, GradShape<2, kMinBlocksPerSm, kBlock>>(p, stream,
+    return LaunchDscale<QT, ScaleT, OutT, GradShape<4, kMinBlocksPerSm, kBlock>>(p, stream,
                                                                                 kChunksPerLane);
   }
 }
