@@ -64,6 +64,13 @@ struct DynamicParams {
   bool saturating;
 };
 
+// What quantizing a row needs once its range is known.
+template <typename C>
+struct RowConstants {
+  C reciprocal;  // 1 / stored scale, rounded once
+  C zero;        // the zero point
+};
+
 // Folds a thread's packs of a row into the row's range (widened to include 0,
 // NaN-propagating, as extend_range). Generic: each value in C.
 template <typename XT, typename C, int kVec, typename Enable = void>
@@ -141,6 +148,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   using QPack = Pack<QT, kVec>;
   __shared__ C shared_lo[kMaxThreads / kWarpSize];
   __shared__ C shared_hi[kMaxThreads / kWarpSize];
+  __shared__ RowConstants<C> shared_constants;
 
   const int group = kWarpPerRow ? kWarpSize : static_cast<int>(blockDim.x);
   const int lane = kWarpPerRow ? static_cast<int>(threadIdx.x) % kWarpSize
@@ -176,34 +184,51 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     folder.Finish(lo, hi);
 
     WarpRange(lo, hi);
-    if (!kWarpPerRow) {
+    // The row's scale, zero point and reciprocal from its range (lane 0 of
+    // the group stores the scale and zero point).
+    auto choose = [&](C row_lo, C row_hi) {
+      const C chosen = dynamic_scale(row_lo, row_hi, params.symmetric, params.qmin, params.qmax,
+                                     params.smallest_normal, params.largest);
+      const ScaleT stored = Convert<ScaleT>::template FromCompute<C>(chosen);
+      const C stored_c = Convert<ScaleT>::template ToCompute<C>(stored);
+      const int32_t zp =
+          dynamic_zero_point(row_lo, row_hi, params.symmetric, stored_c, params.qmin, params.qmax);
+      if (lane == 0) {
+        scale[row] = stored;
+        zero_point[row] = zp;
+      }
+      return RowConstants<C>{reciprocal_rn(stored_c), static_cast<C>(zp)};
+    };
+    RowConstants<C> constants;
+    if (kWarpPerRow) {
+      constants = choose(lo, hi);  // every lane holds the warp's range
+    } else {
+      // The warps' ranges meet in shared memory; warp 0 combines them in warp
+      // order and chooses the row's constants, which every thread then reads
+      // (the other warps wait at the barrier instead of repeating the work).
       const int warps = group / kWarpSize;
       if (lane % kWarpSize == 0) {
         shared_lo[lane / kWarpSize] = lo;
         shared_hi[lane / kWarpSize] = hi;
       }
       __syncthreads();
-      lo = shared_lo[0];
-      hi = shared_hi[0];
-      for (int w = 1; w < warps; ++w) {
-        lo = min_propagate_nan(lo, shared_lo[w]);
-        hi = max_propagate_nan(hi, shared_hi[w]);
+      if (lane < kWarpSize) {
+        lo = shared_lo[0];
+        hi = shared_hi[0];
+        for (int w = 1; w < warps; ++w) {
+          lo = min_propagate_nan(lo, shared_lo[w]);
+          hi = max_propagate_nan(hi, shared_hi[w]);
+        }
+        const RowConstants<C> chosen = choose(lo, hi);
+        if (lane == 0) shared_constants = chosen;
       }
-      __syncthreads();  // the next row reuses the shared slots
+      // Also orders this row's reads of the shared ranges before the next
+      // row's writes, and the next row's constants after this row's reads.
+      __syncthreads();
+      constants = shared_constants;
     }
-
-    const C chosen = dynamic_scale(lo, hi, params.symmetric, params.qmin, params.qmax,
-                                   params.smallest_normal, params.largest);
-    const ScaleT stored = Convert<ScaleT>::template FromCompute<C>(chosen);
-    const C stored_c = Convert<ScaleT>::template ToCompute<C>(stored);
-    const int32_t zp =
-        dynamic_zero_point(lo, hi, params.symmetric, stored_c, params.qmin, params.qmax);
-    if (lane == 0) {
-      scale[row] = stored;
-      zero_point[row] = zp;
-    }
-    const C reciprocal = reciprocal_rn(stored_c);
-    const C zero = static_cast<C>(zp);
+    const C reciprocal = constants.reciprocal;
+    const C zero = constants.zero;
 
     auto quantize_pack = [&](const XPack& values) {
       // 16-bit rows only: float32 rows, with twice the registers per element,
