@@ -228,7 +228,8 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
 #if TUNE_PART == 4
 // The dscale pass of the backward (int8 q, no zero point): the library's
 // launcher with a launch shape (DscaleAlignedKernel on these aligned shapes),
-// and the general kernel with the shape it had before (label "general").
+// and the general kernel, the fallback for unaligned rows, with the library's
+// groups (label "general").
 template <typename OutT, int kBatch, int kMinBlocks, int kBlockThreads, bool kGeneral = false>
 void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                   int64_t chunks_per_lane, cudaStream_t stream) {
