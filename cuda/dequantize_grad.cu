@@ -48,10 +48,10 @@ namespace {
 
 constexpr int kBlock = 256;
 // At least this many blocks resident per SM (caps registers at 64 per thread):
-// 1024 threads with two chunks (two to four loads) each in flight keep
-// 36 KiB or more of loads in flight per SM, and one block's reduction barrier
-// never leaves an SM idle. (Loading several chunks ahead per thread made ptxas
-// spill under this cap.)
+// 1024 threads with up to 96 bytes of chunks each in flight (kGradBatch) keep
+// 96 KiB of loads in flight per SM, and one block's reduction barrier never
+// leaves an SM idle. (With the earlier 48-byte chunks, loading more than two
+// ahead made ptxas spill under this cap.)
 constexpr int kMinBlocksPerSm = 4;
 constexpr int kWarp = 32;
 // Chunks each lane should get before a row is given more lanes (so a row of
