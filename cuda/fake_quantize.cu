@@ -44,15 +44,6 @@ std::string LaunchStatus(const char* kernel) {
   return std::string();
 }
 
-template <typename C, typename ScaleT>
-__device__ __forceinline__ FakeQuantizeRow<C> LoadRow(const ScaleT* __restrict__ scale,
-                                                      const int32_t* __restrict__ zero_point,
-                                                      int64_t row) {
-  const C row_scale = Convert<ScaleT>::template ToCompute<C>(scale[row]);
-  return {row_scale, reciprocal_rn(row_scale),
-          zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0)};
-}
-
 // Launch shape of the element-wise ops (the forward with a given scale, the
 // tangent); see RowwiseTuning.
 using ElementwiseTuning = RowwiseTuning</*unroll=*/2, /*block=*/128>;
@@ -226,10 +217,19 @@ struct BackwardArgs {
 // The backward pass: one read of x and the cotangent per element; grad_x (if
 // kWantGradX) per element, grad_scale per row summed in C: each thread adds
 // its packs in order, then the group reduces in a fixed order.
-template <typename XT, typename ScaleT, int kVec, bool kWantGradX>
+//
+// A thread takes packs lane, lane + threads_per_row, ... and loads kBatch of
+// them (and the row's scale and zero point) before using the first, all with
+// LoadInOrder: with plain loads in a loop the compiler issued each pack's
+// loads only after the previous pack's work, and the first ones only after
+// the reciprocal of the scale, so a thread waited for memory once per pack
+// and once more for the scale. The sum still adds the packs one by one in
+// increasing order, so batching changes no bits.
+template <typename XT, typename ScaleT, int kVec, int kBatch, bool kWantGradX>
 __global__ void __launch_bounds__(kMaxThreadsPerRow)
     BackwardKernel(BackwardArgs<XT, ScaleT> a, int64_t rows, int64_t cols, int threads_per_row) {
   using C = ComputeType<ScaleT, XT>;
+  using XPack = Pack<XT, kVec>;
   __shared__ C shared[kMaxThreadsPerRow / kWarp];
   const int lane = threadIdx.x % threads_per_row;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / threads_per_row) +
@@ -241,24 +241,51 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow)
 
   C sum = C(0);
   if (active) {
-    const auto k = LoadRow<C>(a.scale, a.zero_point, row);
-    const XT* __restrict__ x = a.x + row * cols;
-    const XT* __restrict__ cotangent = a.cotangent + row * cols;
-    XT* __restrict__ grad_x = kWantGradX ? a.grad_x + row * cols : nullptr;
+    const StoredRow<ScaleT> stored = LoadStoredRow(a.scale, a.zero_point, row);
+    const XPack* __restrict__ x = reinterpret_cast<const XPack*>(a.x + row * cols);
+    const XPack* __restrict__ cotangent = reinterpret_cast<const XPack*>(a.cotangent + row * cols);
+    XPack* __restrict__ grad_x = kWantGradX ? reinterpret_cast<XPack*>(a.grad_x + row * cols)
+                                            : nullptr;
+    const int64_t stride = threads_per_row;
+    XPack values[kBatch];
+    XPack cotangents[kBatch];
+    auto load_batch = [&](int64_t index) {
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        values[b] = LoadInOrder(x + index + b * stride);
+        cotangents[b] = LoadInOrder(cotangent + index + b * stride);
+      }
+    };
+    int64_t index = lane;
+    auto whole_batch_left = [&] { return index + (kBatch - 1) * stride < packs; };
+    bool batch = whole_batch_left();
+    if (batch) load_batch(index);
+    const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.scale);
+    const FakeQuantizeRow<C> k{row_scale, reciprocal_rn(row_scale),
+                               static_cast<C>(stored.zero_point)};
     const XT zero = Convert<XT>::template FromCompute<C>(C(0));
-    for (int64_t index = lane; index < packs; index += threads_per_row) {
-      const Pack<XT, kVec> values = LoadPack<XT, kVec>(x, index);
-      const Pack<XT, kVec> cotangents = LoadPack<XT, kVec>(cotangent, index);
-      Pack<XT, kVec> grads;
+    auto use_pack = [&](int64_t at, const XPack& pack_values, const XPack& pack_cotangents) {
+      XPack grads;
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        const auto slopes = fake_quantize_slopes(Convert<XT>::template ToCompute<C>(values.v[i]),
-                                                 k.reciprocal, k.zero_point, qmin, qmax);
-        grads.v[i] = slopes.inside ? cotangents.v[i] : zero;
-        sum = add_rn(sum,
-                     mul_rn(Convert<XT>::template ToCompute<C>(cotangents.v[i]), slopes.lsq));
+        const auto slopes = fake_quantize_slopes(
+            Convert<XT>::template ToCompute<C>(pack_values.v[i]), k.reciprocal, k.zero_point,
+            qmin, qmax);
+        grads.v[i] = slopes.inside ? pack_cotangents.v[i] : zero;
+        sum = add_rn(sum, mul_rn(Convert<XT>::template ToCompute<C>(pack_cotangents.v[i]),
+                                 slopes.lsq));
       }
-      if constexpr (kWantGradX) StorePack<XT, kVec>(grad_x, index, grads);
+      if constexpr (kWantGradX) grad_x[at] = grads;
+    };
+    while (batch) {
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) use_pack(index + b * stride, values[b], cotangents[b]);
+      index += kBatch * stride;
+      batch = whole_batch_left();
+      if (batch) load_batch(index);
+    }
+    for (; index < packs; index += stride) {
+      use_pack(index, LoadInOrder(x + index), LoadInOrder(cotangent + index));
     }
   }
   sum = GroupReduce(sum, threads_per_row, shared, [](C u, C v) { return add_rn(u, v); });
@@ -268,6 +295,11 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow)
 // Packs per thread: about 4 for the streaming backward; for the dynamic
 // forward the fewest of {1, 2, 4, 8} that holds the row, else re-read.
 constexpr int64_t kBackwardPacksPerThread = 4;
+// Packs a backward thread loads at once: all four for 32- and 64-bit types;
+// two for 16-bit types, whose four spilled (300 bytes) under the 64-register
+// cap of 1024-thread blocks.
+template <typename XT>
+inline constexpr int kBackwardBatch = sizeof(XT) == 2 ? 2 : 4;
 
 template <typename XT, int kVec, int kPacks>
 std::string LaunchDynamic(const DynamicArgs<XT>& a, int64_t rows, int64_t cols,
@@ -299,11 +331,11 @@ std::string Backward(const BackwardArgs<XT, ScaleT>& a, int64_t rows, int64_t co
   if (layout.blocks > 0x7fffffff) return "fake_quantize_per_token: too many rows for one launch";
   const unsigned blocks = static_cast<unsigned>(layout.blocks);
   if (a.grad_x != nullptr) {
-    BackwardKernel<XT, ScaleT, kVec, true><<<blocks, layout.block_threads, 0, stream>>>(
-        a, rows, cols, layout.threads_per_row);
+    BackwardKernel<XT, ScaleT, kVec, kBackwardBatch<XT>, true>
+        <<<blocks, layout.block_threads, 0, stream>>>(a, rows, cols, layout.threads_per_row);
   } else {
-    BackwardKernel<XT, ScaleT, kVec, false><<<blocks, layout.block_threads, 0, stream>>>(
-        a, rows, cols, layout.threads_per_row);
+    BackwardKernel<XT, ScaleT, kVec, kBackwardBatch<XT>, false>
+        <<<blocks, layout.block_threads, 0, stream>>>(a, rows, cols, layout.threads_per_row);
   }
   return LaunchStatus("backward");
 }
