@@ -61,8 +61,8 @@ struct DynamicParams {
   C qmax;
   C smallest_normal;
   C largest;
-  // Symmetric with the storage type's full range: QuantizeSaturating applies
-  // (to 16-bit rows).
+  // Symmetric with the storage type's full range: the launcher then runs the
+  // kernel compiled with kSaturating (QuantizeSaturating) where it applies.
   bool saturating;
 };
 
@@ -138,8 +138,14 @@ __device__ __forceinline__ void WarpRange(C& lo, C& hi) {
 
 // Element kVec-chunk k of a thread at position `lane` of a group of `group`
 // threads starts at (k * group + lane) * kVec within a pass over the row.
+//
+// kSaturating: the row is symmetric with the storage type's full range, and
+// QuantizeSaturating (rowwise_ops.cuh) gives its levels in a third of
+// quantize_value's instructions. A template parameter rather than a run-time
+// branch so that each kernel holds one quantize path: with both compiled in,
+// float32 rows spilled under the 1024-thread register cap.
 template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes, bool kWarpPerRow,
-          int kBlockThreads, int kMinBlocks>
+          int kBlockThreads, int kMinBlocks, bool kSaturating>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     QuantizeDynamicKernel(const XT* __restrict__ x, QT* __restrict__ q,
                           ScaleT* __restrict__ scale, int32_t* __restrict__ zero_point,
@@ -233,18 +239,18 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     const C zero = constants.zero;
 
     auto quantize_pack = [&](const XPack& values) {
-      // 16-bit rows only: float32 rows, with twice the registers per element,
-      // spill under the 1024-thread register cap with both paths compiled in.
-      if constexpr (std::is_same_v<C, float> && kVec % 4 == 0 && sizeof(XT) == 2) {
-        if (params.saturating) return QuantizeSaturating<QT>(values, reciprocal);
-      }
-      QPack levels;
+      if constexpr (kSaturating) {
+        return QuantizeSaturating<QT>(values, reciprocal);
+      } else {
+        QPack levels;
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        levels.v[i] = static_cast<QT>(quantize_value(Convert<XT>::template ToCompute<C>(values.v[i]),
-                                                     reciprocal, zero, params.qmin, params.qmax));
+        for (int i = 0; i < kVec; ++i) {
+          levels.v[i] = static_cast<QT>(
+              quantize_value(Convert<XT>::template ToCompute<C>(values.v[i]), reciprocal, zero,
+                             params.qmin, params.qmax));
+        }
+        return levels;
       }
-      return levels;
     };
     auto quantize = [&](int64_t base) {
 #pragma unroll
@@ -283,22 +289,42 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
   auto* x = static_cast<const XT*>(p.x);
   auto* q = static_cast<QT*>(p.q);
   auto* scale = static_cast<ScaleT*>(p.scale);
+  // QuantizeSaturating needs a float32 compute type and whole 4-level words.
+  constexpr bool kCanSaturate = std::is_same_v<C, float> && kVec % 4 == 0;
+  const bool saturating = kCanSaturate && params.saturating;
   if (p.cols <= kWarpSize * kElemsPerThread) {
     const int64_t blocks = (p.rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
-    QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, true, kWarpSize * kWarpRowsPerBlock, 1>
-        <<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks),
-           kWarpSize * kWarpRowsPerBlock, 0, stream>>>(x, q, scale, p.zero_point, params);
+    constexpr int kThreads = kWarpSize * kWarpRowsPerBlock;
+    auto kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, true, kThreads, 1, false>;
+    if constexpr (kCanSaturate) {
+      if (saturating) {
+        kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, true, kThreads, 1, true>;
+      }
+    }
+    kernel<<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads, 0,
+             stream>>>(x, q, scale, p.zero_point, params);
   } else {
     const int64_t needed = (p.cols + kElemsPerThread - 1) / kElemsPerThread;
     const int64_t warps = (needed + kWarpSize - 1) / kWarpSize;
     const int64_t threads =
         warps * kWarpSize < kMaxThreads ? warps * kWarpSize : int64_t{kMaxThreads};
     const auto blocks = static_cast<unsigned>(p.rows < kMaxBlocks ? p.rows : kMaxBlocks);
-    auto kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kMaxThreads, 1>;
+    auto kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kMaxThreads, 1, false>;
+    if constexpr (kCanSaturate) {
+      if (saturating) {
+        kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kMaxThreads, 1, true>;
+      }
+    }
     if constexpr (sizeof(XT) == 2) {
       if (threads <= kCompactThreads) {
         kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kCompactThreads,
-                                       kCompactBlocks>;
+                                       kCompactBlocks, false>;
+        if constexpr (kCanSaturate) {
+          if (saturating) {
+            kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kCompactThreads,
+                                           kCompactBlocks, true>;
+          }
+        }
       }
     }
     kernel<<<blocks, static_cast<unsigned>(threads), 0, stream>>>(x, q, scale, p.zero_point,

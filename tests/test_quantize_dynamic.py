@@ -191,6 +191,25 @@ def test_edge_rows(device, x_dtype, scale_dtype, dtype, symmetric):
         assert q[row["all negative"]].min() <= info.min + 1
 
 
+@pytest.mark.parametrize("x_dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("width", [64, 4096])
+@pytest.mark.parametrize("dtype,symmetric", MODES)
+def test_edge_rows_on_the_vector_paths(device, x_dtype, width, dtype, symmetric):
+    """The edge rows tiled to widths of whole 16-byte loads: a warp per row (64) and a block
+    per row (4096), where symmetric int8 rows take the CUDA kernel compiled for the saturating
+    conversion (NaN gives level 0, infinities saturate) and the others the general path."""
+    names, rows = _edge_rows(x_dtype)
+    x = np.stack([np.resize(row, width) for row in rows])  # each row repeats its edge values
+    q, scale, zero_point = check(device, x, context=f"edge rows x{width}",
+                                 dtype=np.dtype(dtype), symmetric=symmetric)
+    row = {name: i for i, name in enumerate(names)}
+    info = np.iinfo(dtype)
+    for name in ("nan", "nan and inf"):
+        assert np.isnan(scale[row[name]].astype(np.float64))
+        np.testing.assert_array_equal(q[row[name]], 0)
+    assert q[row["+inf"], 0] == info.max and q[row["-inf"], 0] == info.min
+
+
 @pytest.mark.parametrize("dtype,symmetric", MODES)
 def test_a_nan_anywhere_makes_the_row_nan(device, dtype, symmetric):
     """Wide rows, many of them: where XLA:CPU's own vectorized max would drop a NaN."""
