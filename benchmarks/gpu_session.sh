@@ -9,9 +9,10 @@
 # 3. runs the benchmark, python -m jax_dequant.bench: $OUT/bench.txt (table),
 #    bench.json, bench.png, bench.md (the table in Markdown, for README.md);
 # 4. Nsight Compute on our kernels and XLA's for the ops in JDQ_NCU_OPS and
-#    the shapes in JDQ_NCU_SHAPES (default 16384x8192), bf16
-#    (benchmarks/ncu_target.py): ncu_<op>_<shape>.txt; JDQ_NCU_EXTRA adds ncu
-#    flags (e.g. "--cache-control none --section SourceCounters");
+#    the shapes in JDQ_NCU_SHAPES (default 16384x8192; bf16 unless a shape is
+#    written dtype:shape, e.g. f32:16384x8192) (benchmarks/ncu_target.py):
+#    ncu_<op>_<dtype>_<shape>.txt; JDQ_NCU_EXTRA adds ncu flags (e.g.
+#    "--cache-control none --section SourceCounters");
 # 5. with "tune" in JDQ_STEPS, the launch-shape sweep benchmarks/tune_kernels.cu
 #    (parts JDQ_TUNE_PARTS, default all; compiled beside the package build):
 #    tune.txt;
@@ -116,10 +117,16 @@ if ((BUILD_RC == 0)) && wants bench; then
   ((BENCH_RC == 0)) || { echo "benchmark exit code $BENCH_RC; last lines of its log:"; tail -n 15 "$OUT/bench.log"; }
 fi
 
-step "Nsight Compute: ours then XLA's, bf16, for each op of JDQ_NCU_OPS and shape of JDQ_NCU_SHAPES"
+step "Nsight Compute: ours then XLA's, for each op of JDQ_NCU_OPS and [dtype:]shape of JDQ_NCU_SHAPES"
 # Default: the op that misses a goal (dynamic quantize) and the backward.
 for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
-  for shape in ${JDQ_NCU_SHAPES:-16384x8192}; do
+  for item in ${JDQ_NCU_SHAPES:-16384x8192}; do
+    dtype=bf16
+    shape=$item
+    if [[ $item == *:* ]]; then
+      dtype=${item%%:*}
+      shape=${item#*:}
+    fi
     if ! wants ncu; then
       echo "skipped: not in JDQ_STEPS"
     elif ((BUILD_RC != 0)); then
@@ -127,19 +134,19 @@ for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
     elif ! command -v ncu >/dev/null; then
       echo "skipped: ncu not found"
     elif (($(left) < 60)); then
-      echo "skipped $op $shape: $(left) s left"
+      echo "skipped $op $dtype $shape: $(left) s left"
     else
       # No preallocation: ncu saves and restores the allocated device memory
       # around every replayed pass, and JAX would otherwise hold most of it.
-      report="$OUT/ncu_${op}_$shape.txt"
+      report="$OUT/ncu_${op}_${dtype}_$shape.txt"
       (cd /tmp && XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$(cap 120 10)" \
         ncu --kernel-name-base demangled --clock-control none ${JDQ_NCU_EXTRA:-} \
         -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Dscale|Backward|fusion|reduce' -c 3 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats \
         --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
-        "$PY" "$ROOT/benchmarks/ncu_target.py" "$op" bf16 "${shape%x*}" "${shape#*x}" >"$report" 2>&1)
-      echo "ncu $op $shape exit code $? (report: $report)"
+        "$PY" "$ROOT/benchmarks/ncu_target.py" "$op" "$dtype" "${shape%x*}" "${shape#*x}" >"$report" 2>&1)
+      echo "ncu $op $dtype $shape exit code $? (report: $report)"
       grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|dram__bytes|Achieved Occupancy|Registers Per|ERR_" \
         "$report" | head -n 40
     fi

@@ -155,6 +155,7 @@ template <typename Op>
 void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
                   cudaStream_t stream) {
   if (rows * cols <= 64 * 8192) {  // decode shapes: one vector per thread, block sizes
+    SweepOne<Op, 1, 32>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 64>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 128>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 256>(name, op, rows, cols, bytes, stream);
@@ -175,9 +176,11 @@ void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double by
 }
 
 #if TUNE_PART == 3
+// qmin -128 (int8's full range, symmetric: the kernel compiled for
+// QuantizeSaturating) or -127 (the general quantize path, label "clamp").
 template <typename XT, typename QT, int kBytes, int kCompactBlocks = jdq::cuda::kCompactMinBlocks>
 void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, int32_t qmin = -128) {
   jdq::DynamicQuantizeProblem p{};
   p.x = buf.a;
   p.q = buf.b;
@@ -185,7 +188,7 @@ void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols,
   p.zero_point = buf.zero_point;
   p.rows = rows;
   p.cols = cols;
-  p.qmin = -128;
+  p.qmin = qmin;
   p.qmax = 127;
   p.symmetric = true;
   p.scale_type = jdq::DType::kF32;
@@ -199,7 +202,8 @@ void SweepDynamicOne(const char* name, Buffers& buf, int64_t rows, int64_t cols,
     }
   });
   char config[64];
-  std::snprintf(config, sizeof config, "%d bytes/thread min%d", kBytes, kCompactBlocks);
+  std::snprintf(config, sizeof config, "%d bytes/thread min%d%s", kBytes, kCompactBlocks,
+                qmin == -128 ? "" : " clamp");
   Report(name, config, rows, cols, bytes, us);
 }
 
@@ -211,6 +215,10 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
   SweepDynamicOne<XT, int8_t, jdq::cuda::kBytesPerThread<XT>>(name, buf, rows, cols, bytes, stream);
   return;
 #endif
+  // The library's share per thread on the general path first (the kernel
+  // float32 rows ran before they took QuantizeSaturating).
+  SweepDynamicOne<XT, int8_t, jdq::cuda::kBytesPerThread<XT>>(name, buf, rows, cols, bytes, stream,
+                                                              -127);
   SweepDynamicOne<XT, int8_t, 16>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 32>(name, buf, rows, cols, bytes, stream);
   SweepDynamicOne<XT, int8_t, 64>(name, buf, rows, cols, bytes, stream);
