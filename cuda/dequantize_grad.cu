@@ -122,22 +122,6 @@ __device__ __forceinline__ void StorePack(T* address, const Pack<T, kVec>& pack)
   }
 }
 
-// A chunk's piece read with LoadInOrder: issued where it is written, never
-// sunk into the branch that uses it (see cuda_types.cuh).
-template <typename T, int kVec>
-__device__ __forceinline__ Pack<T, kVec> LoadPackInOrder(const T* address) {
-  constexpr int kBytes = sizeof(Pack<T, kVec>);
-  static_assert(kBytes == 2 || kBytes == 4 || kBytes == 8 || kBytes == 16,
-                "one 2-, 4-, 8- or 16-byte access");
-  using Word = std::conditional_t<
-      kBytes == 16, uint4,
-      std::conditional_t<kBytes == 8, uint2, std::conditional_t<kBytes == 4, uint32_t, uint16_t>>>;
-  const Word word = LoadInOrder(reinterpret_cast<const Word*>(address));
-  Pack<T, kVec> pack;
-  memcpy(&pack, &word, sizeof(pack));
-  return pack;
-}
-
 bool IsAligned(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
 
 // Walks the chunks a lane owns in one row [start, start + cols), in the fixed
@@ -192,14 +176,23 @@ __device__ __forceinline__ void WalkRow(int64_t start, int64_t cols, int lane, i
   }
 }
 
-// Sum of `value` over the group's lanes, in a fixed order; every lane gets it.
-// Must be reached by every thread of the block (it may synchronize).
+// Sum of `value` over each warp's lanes of the group (a butterfly of
+// shuffles: a + b and b + a are the same bits, so every lane ends with the
+// same sum).
 template <typename C>
-__device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
+__device__ __forceinline__ C WarpSum(C value, int group) {
   const int width = group < kWarp ? group : kWarp;
   for (int offset = width / 2; offset > 0; offset /= 2) {
     value = add_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
+  return value;
+}
+
+// Sum of `value` over the group's lanes, in a fixed order; every lane gets it.
+// Must be reached by every thread of the block (it may synchronize).
+template <typename C>
+__device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
+  value = WarpSum(value, group);
   if (group > kWarp) {
     const int warp = threadIdx.x / kWarp;
     if (threadIdx.x % kWarp == 0) shared[warp] = value;
@@ -209,6 +202,25 @@ __device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
     value = shared[first];
     for (int w = 1; w < warps; ++w) value = add_rn(value, shared[first + w]);
     __syncthreads();  // the next row reuses `shared`
+  }
+  return value;
+}
+
+// GroupSum's sum, in the same order, for lane 0 of each group only (the other
+// lanes get their warp's part): the group's other warps skip the final adds
+// and nobody waits at a second barrier. For kernels that use `shared` once.
+template <typename C>
+__device__ __forceinline__ C GroupSumToFirstLane(C value, int group, C* shared) {
+  value = WarpSum(value, group);
+  if (group > kWarp) {
+    const int warp = threadIdx.x / kWarp;
+    if (threadIdx.x % kWarp == 0) shared[warp] = value;
+    __syncthreads();
+    if ((threadIdx.x & (group - 1)) == 0) {  // lane 0: warp is the group's first
+      const int warps = group / kWarp;
+      value = shared[warp];
+      for (int w = 1; w < warps; ++w) value = add_rn(value, shared[warp + w]);
+    }
   }
   return value;
 }
@@ -288,52 +300,58 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 // after it starts. Lane l of a group takes chunks l, l + G, ..., loading
 // kBatch of them before adding the first; one block per groups_per_block rows
 // (the launcher checks the grid fits).
+//
+// Index: uint32_t when every chunk number fits (32-bit arithmetic, and each
+// load's address one multiply-add from the row's base), else int64_t.
+// kZeroPoint: zero_point is given. Without one, level - 0 is the level itself
+// (bit for bit), so the subtraction is left out.
 template <typename QT, typename ScaleT, typename OutT, int kBatch, int kMinBlocks,
-          int kBlockThreads>
+          int kBlockThreads, typename Index, bool kZeroPoint>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     DscaleAlignedKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
                         const int32_t* __restrict__ zero_point, ScaleT* __restrict__ dscale,
-                        int64_t rows, int64_t chunks_per_row, int group_log2) {
+                        Index rows, Index chunks_per_row, int group_log2) {
   using C = ComputeType<ScaleT, OutT>;
   constexpr int kVec = kChunkElements<QT, OutT>;
+  using GradPack = Pack<OutT, kVec>;
+  using LevelPack = Pack<QT, kVec>;
   __shared__ C shared[kBlockThreads / kWarp];
-  const int group = 1 << group_log2;
-  const int lane = threadIdx.x & (group - 1);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlockThreads >> group_log2) +
-                      (threadIdx.x >> group_log2);
+  const Index group = Index{1} << group_log2;
+  const Index lane = threadIdx.x & (group - 1);
+  const Index row = static_cast<Index>(blockIdx.x) * (kBlockThreads >> group_log2) +
+                    (threadIdx.x >> group_log2);
   C sum = C(0);
   if (row < rows) {
-    const int64_t first = row * chunks_per_row;  // in chunks of the flat arrays
-    const C row_zero = zero_point != nullptr ? static_cast<C>(zero_point[row]) : C(0);
-    auto add_chunk = [&](const Pack<OutT, kVec>& grads, const Pack<QT, kVec>& levels) {
+    // The row's chunks of the flat arrays.
+    const GradPack* __restrict__ row_dy = reinterpret_cast<const GradPack*>(dy) + row * chunks_per_row;
+    const LevelPack* __restrict__ row_q = reinterpret_cast<const LevelPack*>(q) + row * chunks_per_row;
+    const C row_zero = kZeroPoint ? static_cast<C>(zero_point[row]) : C(0);
+    auto add_chunk = [&](const GradPack& grads, const LevelPack& levels) {
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
         const C grad = Convert<OutT>::template ToCompute<C>(grads.v[i]);
-        const C level = sub_rn(Convert<QT>::template ToCompute<C>(levels.v[i]), row_zero);
+        const C stored_level = Convert<QT>::template ToCompute<C>(levels.v[i]);
+        const C level = kZeroPoint ? sub_rn(stored_level, row_zero) : stored_level;
         sum = add_rn(sum, mul_rn(grad, level));
       }
     };
     // Whole batches, then single chunks: no chunk of a batch is conditional,
     // so ptxas cannot sink its loads below the first chunk's sums.
-    int64_t k = lane;
-    for (; k + int64_t{kBatch - 1} * group < chunks_per_row; k += int64_t{kBatch} * group) {
-      Pack<OutT, kVec> grads[kBatch];
-      Pack<QT, kVec> levels[kBatch];
+    Index k = lane;
+    for (; k + (kBatch - 1) * group < chunks_per_row; k += kBatch * group) {
+      GradPack grads[kBatch];
+      LevelPack levels[kBatch];
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
-        const int64_t chunk = first + k + int64_t{b} * group;
-        grads[b] = LoadPackInOrder<OutT, kVec>(dy + chunk * kVec);
-        levels[b] = LoadPackInOrder<QT, kVec>(q + chunk * kVec);
+        grads[b] = LoadInOrder(row_dy + (k + b * group));
+        levels[b] = LoadInOrder(row_q + (k + b * group));
       }
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) add_chunk(grads[b], levels[b]);
     }
-    for (; k < chunks_per_row; k += group) {
-      add_chunk(LoadPackInOrder<OutT, kVec>(dy + (first + k) * kVec),
-                LoadPackInOrder<QT, kVec>(q + (first + k) * kVec));
-    }
+    for (; k < chunks_per_row; k += group) add_chunk(LoadInOrder(row_dy + k), LoadInOrder(row_q + k));
   }
-  sum = GroupSum(sum, group, shared);
+  sum = GroupSumToFirstLane(sum, group, shared);
   if (row < rows && lane == 0) dscale[row] = Convert<ScaleT>::template FromCompute<C>(sum);
 }
 
@@ -442,10 +460,25 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
                       GradShape<kGradBatch<QT, OutT>, kFallbackMinBlocks, Shape::block>>(
         p, stream, chunks_per_lane);
   }
-  DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks, Shape::block>
-      <<<static_cast<unsigned>(blocks), Shape::block, 0, stream>>>(
-          static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q), p.zero_point,
-          static_cast<ScaleT*>(p.dscale), p.rows, p.cols / kVec, Log2(group));
+  auto launch = [&](auto index_tag) {
+    using Index = decltype(index_tag);
+    auto kernel = p.zero_point != nullptr
+                      ? DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks,
+                                            Shape::block, Index, true>
+                      : DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks,
+                                            Shape::block, Index, false>;
+    kernel<<<static_cast<unsigned>(blocks), Shape::block, 0, stream>>>(
+        static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q), p.zero_point,
+        static_cast<ScaleT*>(p.dscale), static_cast<Index>(p.rows),
+        static_cast<Index>(p.cols / kVec), Log2(group));
+  };
+  // 32-bit chunk numbers while the arrays have fewer than 2^31 chunks (a
+  // lane's numbers run at most a batch of its group past its row's end).
+  if (p.rows * (p.cols / kVec) < (int64_t{1} << 31)) {
+    launch(uint32_t{});
+  } else {
+    launch(int64_t{});
+  }
   return LaunchStatus("dequantize_per_token backward (dscale)");
 }
 
