@@ -144,10 +144,10 @@ for op in ${JDQ_NCU_OPS:-quantize_dynamic dequantize_bwd}; do
         -k 'regex:RowwiseMap|QuantizeDynamic|DequantizeGrad|Dscale|Backward|fusion|reduce' -c 3 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats \
-        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+        --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum,sm__cycles_active.max,smsp__inst_executed.sum \
         "$PY" "$ROOT/benchmarks/ncu_target.py" "$op" "$dtype" "${shape%x*}" "${shape#*x}" >"$report" 2>&1)
       echo "ncu $op $dtype $shape exit code $? (report: $report)"
-      grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|dram__bytes|Achieved Occupancy|Registers Per|ERR_" \
+      grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|dram__bytes|sm__cycles_active|smsp__inst_executed|Achieved Occupancy|Registers Per|ERR_" \
         "$report" | head -n 40
     fi
   done
