@@ -137,11 +137,13 @@ void Report(const char* op, const char* config, int64_t rows, int64_t cols, doub
               100.0 * gbps / g_copy_gbps);
 }
 
-template <typename Op, int kUnroll, int kBlock>
+// kVec: elements per vector (default: 16 bytes of the wider array; 1 is the
+// library's launch for tiny arrays).
+template <typename Op, int kUnroll, int kBlock,
+          int kVec = jdq::cuda::RowwiseVectorElements<typename Op::In, typename Op::Out>()>
 void SweepOne(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
               cudaStream_t stream) {
   using namespace jdq::cuda;
-  constexpr int kVec = RowwiseVectorElements<typename Op::In, typename Op::Out>();
   const double us = TimeUs(stream, [&] {
     LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true>(op, rows * cols, cols,
                                                                      stream);
@@ -155,6 +157,8 @@ template <typename Op>
 void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
                   cudaStream_t stream) {
   if (rows * cols <= 64 * 8192) {  // decode shapes: one vector per thread, block sizes
+    SweepOne<Op, 1, 128, 1>(name, op, rows, cols, bytes, stream);
+    SweepOne<Op, 1, 256, 1>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 32>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 64>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 128>(name, op, rows, cols, bytes, stream);
@@ -361,7 +365,8 @@ int main() {
 #if TUNE_PART == 1
   CheckSaturation();
 #endif
-  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {16, 4096}, {1, 4096}};
+  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {16, 4096}, {1, 8192},
+                               {1, 4096}};
   for (const auto& shape : shapes) {
     const int64_t rows = shape[0], cols = shape[1];
     const double n = static_cast<double>(rows * cols);

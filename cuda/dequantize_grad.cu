@@ -181,9 +181,15 @@ __device__ __forceinline__ void WalkRow(int64_t start, int64_t cols, int lane, i
 // same sum).
 template <typename C>
 __device__ __forceinline__ C WarpSum(C value, int group) {
-  const int width = group < kWarp ? group : kWarp;
-  for (int offset = width / 2; offset > 0; offset /= 2) {
-    value = add_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  if (group >= kWarp) {  // the common case, unrolled: no loop branches on the critical path
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      value = add_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    }
+  } else {
+    for (int offset = group / 2; offset > 0; offset /= 2) {
+      value = add_rn(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    }
   }
   return value;
 }
@@ -208,8 +214,9 @@ __device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
 
 // GroupSum's sum, in the same order, for lane 0 of each group only (the other
 // lanes get their warp's part): the group's other warps skip the final adds
-// and nobody waits at a second barrier. For kernels that use `shared` once.
-template <typename C>
+// and nobody waits at a second barrier; the adds are unrolled up to the
+// block's kMaxWarps warps. For kernels that use `shared` once.
+template <int kMaxWarps, typename C>
 __device__ __forceinline__ C GroupSumToFirstLane(C value, int group, C* shared) {
   value = WarpSum(value, group);
   if (group > kWarp) {
@@ -219,7 +226,10 @@ __device__ __forceinline__ C GroupSumToFirstLane(C value, int group, C* shared) 
     if ((threadIdx.x & (group - 1)) == 0) {  // lane 0: warp is the group's first
       const int warps = group / kWarp;
       value = shared[warp];
-      for (int w = 1; w < warps; ++w) value = add_rn(value, shared[warp + w]);
+#pragma unroll
+      for (int w = 1; w < kMaxWarps; ++w) {
+        if (w < warps) value = add_rn(value, shared[warp + w]);
+      }
     }
   }
   return value;
@@ -351,7 +361,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     }
     for (; k < chunks_per_row; k += group) add_chunk(LoadInOrder(row_dy + k), LoadInOrder(row_q + k));
   }
-  sum = GroupSumToFirstLane(sum, group, shared);
+  sum = GroupSumToFirstLane<kBlockThreads / kWarp>(sum, group, shared);
   if (row < rows && lane == 0) dscale[row] = Convert<ScaleT>::template FromCompute<C>(sum);
 }
 

@@ -231,22 +231,28 @@ bool RowwiseVectorsFit(const Op& op) {
 // (benchmarks/tune_kernels.cu): kUnroll vectors per thread and kBlock threads
 // per block for large arrays; one vector per thread, 256-thread blocks, when
 // there are fewer than kSmallVectors vectors (decode shapes), where more work
-// per thread only lengthens the one wave.
+// per thread only lengthens the one wave; one element per thread for arrays
+// of at most kTinyElements (a row or two), where the kernel's time is one
+// thread's latency: Nsight Compute on an H200, 1x4096 bfloat16 fake quantize,
+// showed our 8-element threads keeping their SM busy 1015 cycles against 778
+// for XLA's fusion, which gives each thread one element (docs/perf.md).
 template <int kUnroll, int kBlock>
 struct RowwiseTuning {
   static constexpr int unroll = kUnroll;
   static constexpr int block = kBlock;
 };
 constexpr int64_t kSmallVectors = int64_t{1} << 19;
+constexpr int64_t kTinyElements = int64_t{1} << 14;
 
-// Runs Op: vectors when the buffers allow them, else one element per thread.
+// Runs Op: vectors when the buffers allow them and the array is not tiny,
+// else one element per thread.
 template <typename Tuning, typename Op>
 std::string RunRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStream_t stream,
                           const char* name) {
   constexpr int kVec = RowwiseVectorElements<typename Op::In, typename Op::Out>();
   // Vectors need aligned buffers, and at least one whole vector (the kernel
   // loads vector 0 in place of vectors past the end).
-  if (!RowwiseVectorsFit<Op, kVec>(op) || rows * cols < kVec) {
+  if (!RowwiseVectorsFit<Op, kVec>(op) || rows * cols < kVec || rows * cols <= kTinyElements) {
     return LaunchRowwiseMap<Op, 1, 1, 256>(op, rows, cols, stream, name);
   }
   if (rows * cols / kVec < kSmallVectors) {

@@ -140,7 +140,8 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
         description = (
             "the row-wise map kernel: 16-byte vectors of the wider array, each warp access one "
             "contiguous stretch, every load issued before any use, rows by a multiply-high; a "
-            "scalar variant for unaligned buffers"
+            "scalar variant (one element per thread) for unaligned buffers and arrays of at most "
+            "2^14 elements"
         )
     else:
         description = (

@@ -381,13 +381,14 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
             "one fused kernel per row group: the row is held in registers while its min/max is "
             "reduced and its scale chosen, then fake quantized"
             if dynamic
-            else "the row-wise map kernel (16-byte vectors, loads first) with a per-row "
-            "reciprocal; without a zero point the level is an integer"
+            else "the row-wise map kernel (16-byte vectors, loads first; one element per "
+            "thread for arrays of at most 2^14 elements) with a per-row reciprocal; without a "
+            "zero point the level is an integer"
         )
         backward = (
-            "backward: one row-group kernel reads x and dy once for dx and ds (ds summed per "
-            "thread, then a fixed warp-shuffle and shared-memory tree); dx alone is the "
-            "element-wise tangent kernel"
+            "backward: one row-group kernel reads x and dy once for dx and ds, each thread's "
+            "packs loaded before the first is used (ds summed per thread, then a fixed "
+            "warp-shuffle and shared-memory tree); dx alone is the element-wise tangent kernel"
         )
     else:
         forward = (

@@ -141,7 +141,7 @@ def _plan(in_dtype, out_dtype, scale_dtype, platform) -> plan.KernelPlan:
             "the row-wise map kernel: 16-byte vectors of x, every load issued before any use, one "
             "correctly rounded reciprocal per row of a thread's vectors; without a zero point and "
             "with the full range, levels packed by saturating conversions; a scalar variant for "
-            "unaligned buffers"
+            "unaligned buffers and arrays of at most 2^14 elements"
         )
     else:
         description = (

@@ -328,12 +328,21 @@ def test_fake_quantize_backward_over_threads(device, shape, x_dtype, scale_dtype
         ((1025, 4100), "bfloat16", "float32", False),
         ((2048, 4096), "float32", "float32", True),
         ((1100, 4096), "float16", "float16", True),
+        # Fewer: one vector per thread (rows of whole vectors, or crossing rows).
+        ((3, 8192), "bfloat16", "float32", True),
+        ((16, 4100), "float32", "float32", False),
+        # At most 2^14 elements: one element per thread.
+        ((1, 4096), "bfloat16", "float32", True),
+        ((2, 8192), "float16", "float16", False),
     ],
 )
-def test_rowwise_ops_on_large_arrays_match_reference(device, shape, x_dtype, scale_dtype, symmetric):
-    """Static quantize, fake quantize and fake quantize's tangent on arrays large
-    enough for the unrolled CUDA launch shape. The reference runs eagerly on the
-    CPU (jitted, XLA:CPU would contract the tangent's multiply-add into an FMA)."""
+def test_rowwise_ops_at_each_launch_shape_match_reference(
+    device, shape, x_dtype, scale_dtype, symmetric
+):
+    """Dequantize, static quantize, fake quantize and fake quantize's tangent, with
+    infinities, NaN and zeros, at each launch shape of the CUDA row-wise map. The
+    reference runs eagerly on the CPU (jitted, XLA:CPU would contract the
+    tangent's multiply-add into an FMA)."""
     cpu = jax.devices("cpu")[0]
     rng = np.random.default_rng(shape[0])
     x = (rng.standard_normal(shape) * 3).astype(x_dtype)
@@ -349,15 +358,17 @@ def test_rowwise_ops_on_large_arrays_match_reference(device, shape, x_dtype, sca
     def ops(module):
         def run(xs, s, zp, tx, ts):
             quantized = module.quantize_per_token(xs, s, zp, dtype=dtype)
+            dequantized = module.dequantize_per_token(quantized, s, zp, out_dtype=x.dtype)
             fake, tangent = jax.jvp(
                 lambda a, b: module.fake_quantize_per_token(a, b, zp, dtype=dtype), (xs, s), (tx, ts)
             )
-            return quantized, fake, tangent
+            return quantized, dequantized, fake, tangent
 
         return run
 
     args = (x, scale, zero_point, tangent_x, tangent_s)
     got = _run_on(device, ops(jdq), args)
     want = _run_on(cpu, ops(jdq.reference), args, jit=False)
-    for name, g, w in zip(("quantize", "fake quantize", "fake quantize tangent"), got, want):
+    names = ("quantize", "dequantize", "fake quantize", "fake quantize tangent")
+    for name, g, w in zip(names, got, want):
         assert_bitwise_equal(g, w, f"{name} {shape} {x_dtype} sym={symmetric}")
