@@ -194,15 +194,23 @@ __device__ __forceinline__ C WarpSum(C value, int group) {
   return value;
 }
 
+// Lane 0 of each warp writes its warp's sum to shared[warp], then the block
+// synchronizes; returns the thread's warp.
+template <typename C>
+__device__ __forceinline__ int PublishWarpSums(C value, C* shared) {
+  const int warp = threadIdx.x / kWarp;
+  if (threadIdx.x % kWarp == 0) shared[warp] = value;
+  __syncthreads();
+  return warp;
+}
+
 // Sum of `value` over the group's lanes, in a fixed order; every lane gets it.
 // Must be reached by every thread of the block (it may synchronize).
 template <typename C>
 __device__ __forceinline__ C GroupSum(C value, int group, C* shared) {
   value = WarpSum(value, group);
   if (group > kWarp) {
-    const int warp = threadIdx.x / kWarp;
-    if (threadIdx.x % kWarp == 0) shared[warp] = value;
-    __syncthreads();
+    const int warp = PublishWarpSums(value, shared);
     const int warps = group / kWarp;
     const int first = warp & ~(warps - 1);
     value = shared[first];
@@ -220,9 +228,7 @@ template <int kMaxWarps, typename C>
 __device__ __forceinline__ C GroupSumToFirstLane(C value, int group, C* shared) {
   value = WarpSum(value, group);
   if (group > kWarp) {
-    const int warp = threadIdx.x / kWarp;
-    if (threadIdx.x % kWarp == 0) shared[warp] = value;
-    __syncthreads();
+    const int warp = PublishWarpSums(value, shared);
     if ((threadIdx.x & (group - 1)) == 0) {  // lane 0: warp is the group's first
       const int warps = group / kWarp;
       value = shared[warp];
