@@ -78,9 +78,11 @@ struct TangentChunk {
 // Backward chunks loaded ahead per lane: as many as fit in 96 bytes (so they
 // stay inside the register cap below), at most kChunksPerLane.
 template <typename QT, typename OutT>
-inline constexpr int kGradBatch = sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 24   ? 4
-                                  : sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>) <= 48 ? 2
-                                                                                                 : 1;
+inline constexpr size_t kGradChunkBytes = sizeof(GradChunk<QT, OutT, kChunkElements<QT, OutT>>);
+template <typename QT, typename OutT>
+inline constexpr int kGradBatch = kGradChunkBytes<QT, OutT> <= 24   ? 4
+                                  : kGradChunkBytes<QT, OutT> <= 48 ? 2
+                                                                    : 1;
 
 // A launch shape of the backward kernel: chunks loaded ahead per lane, the
 // resident blocks per SM it is compiled for, and the chunks each lane should
@@ -339,8 +341,9 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   C sum = C(0);
   if (row < rows) {
     // The row's chunks of the flat arrays.
-    const GradPack* __restrict__ row_dy = reinterpret_cast<const GradPack*>(dy) + row * chunks_per_row;
-    const LevelPack* __restrict__ row_q = reinterpret_cast<const LevelPack*>(q) + row * chunks_per_row;
+    const Index first = row * chunks_per_row;
+    const GradPack* __restrict__ row_dy = reinterpret_cast<const GradPack*>(dy) + first;
+    const LevelPack* __restrict__ row_q = reinterpret_cast<const LevelPack*>(q) + first;
     const C row_zero = kZeroPoint ? static_cast<C>(zero_point[row]) : C(0);
     auto add_chunk = [&](const GradPack& grads, const LevelPack& levels) {
 #pragma unroll
@@ -365,7 +368,9 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) add_chunk(grads[b], levels[b]);
     }
-    for (; k < chunks_per_row; k += group) add_chunk(LoadInOrder(row_dy + k), LoadInOrder(row_q + k));
+    for (; k < chunks_per_row; k += group) {
+      add_chunk(LoadInOrder(row_dy + k), LoadInOrder(row_q + k));
+    }
   }
   sum = GroupSumToFirstLane<kBlockThreads / kWarp>(sum, group, shared);
   if (row < rows && lane == 0) dscale[row] = Convert<ScaleT>::template FromCompute<C>(sum);
@@ -503,10 +508,11 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
 // pass alone (integer q: the common case) runs DscaleAlignedKernel on aligned
 // rows, with the same groups and so the same sums as the general kernel, all
 // four chunks of a lane loaded at once. Measured on an H200 (tune_kernels.cu
-// part 4, int8 q, bf16 dy, CUDA-graph device time; docs/perf.md): 90.2 us at
-// 16384x8192, 12.5 us at 4096x4096, 1.64 us at 1x4096 (two chunks per lane:
-// 91.8, 14.9, 1.70; the general kernel 132.4, 23.7, 2.34); 512- and
-// 1024-thread blocks and 6 or 8 blocks per SM were no faster.
+// part 4, int8 q, bf16 dy, CUDA-graph device time; docs/perf.md): 89.4 us at
+// 16384x8192, 11.9 us at 4096x4096, 1.46 us at 1x4096 (session 5, before the
+// shorter prologue and epilogue: 90.2, 12.5, 1.65; two chunks per lane then:
+// 91.8, 14.9, 1.70); 512- and 1024-thread blocks and 6 or 8 blocks per SM were
+// no faster.
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
 std::string LaunchGradDefault(const DequantizeGradProblem& p, cudaStream_t stream) {
   if constexpr (kDq) {

@@ -270,6 +270,21 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   }
 }
 
+// The kernel of a launch shape, compiled with kSaturating when `saturating` and
+// QuantizeSaturating applies (a float32 compute type, whole 4-level words).
+template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes, bool kWarpPerRow,
+          int kBlockThreads, int kMinBlocks>
+auto DynamicKernelFor(bool saturating) {
+  if constexpr (std::is_same_v<ComputeType<ScaleT, XT>, float> && kVec % 4 == 0) {
+    if (saturating) {
+      return QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, kWarpPerRow, kBlockThreads,
+                                   kMinBlocks, true>;
+    }
+  }
+  return QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, kWarpPerRow, kBlockThreads,
+                               kMinBlocks, false>;
+}
+
 template <typename XT, typename ScaleT, typename QT, int kVec, int kBytes = kBytesPerThread<XT>,
           int kCompactBlocks = kCompactMinBlocks>
 std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
@@ -289,18 +304,11 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
   auto* x = static_cast<const XT*>(p.x);
   auto* q = static_cast<QT*>(p.q);
   auto* scale = static_cast<ScaleT*>(p.scale);
-  // QuantizeSaturating needs a float32 compute type and whole 4-level words.
-  constexpr bool kCanSaturate = std::is_same_v<C, float> && kVec % 4 == 0;
-  const bool saturating = kCanSaturate && params.saturating;
   if (p.cols <= kWarpSize * kElemsPerThread) {
     const int64_t blocks = (p.rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
     constexpr int kThreads = kWarpSize * kWarpRowsPerBlock;
-    auto kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, true, kThreads, 1, false>;
-    if constexpr (kCanSaturate) {
-      if (saturating) {
-        kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, true, kThreads, 1, true>;
-      }
-    }
+    const auto kernel =
+        DynamicKernelFor<XT, ScaleT, QT, kVec, kBytes, true, kThreads, 1>(params.saturating);
     kernel<<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads, 0,
              stream>>>(x, q, scale, p.zero_point, params);
   } else {
@@ -309,22 +317,12 @@ std::string Launch(const DynamicQuantizeProblem& p, cudaStream_t stream) {
     const int64_t threads =
         warps * kWarpSize < kMaxThreads ? warps * kWarpSize : int64_t{kMaxThreads};
     const auto blocks = static_cast<unsigned>(p.rows < kMaxBlocks ? p.rows : kMaxBlocks);
-    auto kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kMaxThreads, 1, false>;
-    if constexpr (kCanSaturate) {
-      if (saturating) {
-        kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kMaxThreads, 1, true>;
-      }
-    }
+    auto kernel =
+        DynamicKernelFor<XT, ScaleT, QT, kVec, kBytes, false, kMaxThreads, 1>(params.saturating);
     if constexpr (sizeof(XT) == 2) {
       if (threads <= kCompactThreads) {
-        kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kCompactThreads,
-                                       kCompactBlocks, false>;
-        if constexpr (kCanSaturate) {
-          if (saturating) {
-            kernel = QuantizeDynamicKernel<XT, ScaleT, QT, kVec, kBytes, false, kCompactThreads,
-                                           kCompactBlocks, true>;
-          }
-        }
+        kernel = DynamicKernelFor<XT, ScaleT, QT, kVec, kBytes, false, kCompactThreads,
+                                  kCompactBlocks>(params.saturating);
       }
     }
     kernel<<<blocks, static_cast<unsigned>(threads), 0, stream>>>(x, q, scale, p.zero_point,
