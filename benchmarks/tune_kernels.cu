@@ -157,6 +157,7 @@ template <typename Op>
 void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
                   cudaStream_t stream) {
   if (rows * cols <= 64 * 8192) {  // decode shapes: one vector per thread, block sizes
+    SweepOne<Op, 1, 64, 1>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 128, 1>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 256, 1>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 32>(name, op, rows, cols, bytes, stream);
@@ -241,8 +242,10 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
 // The dscale pass of the backward (int8 q, no zero point): the library's
 // launcher with a launch shape (DscaleAlignedKernel on these aligned shapes),
 // and the general kernel, the fallback for unaligned rows, with the library's
-// groups (label "general").
-template <typename OutT, int kBatch, int kMinBlocks, int kBlockThreads, bool kGeneral = false>
+// groups (label "general"). kSpread: the launcher's smaller blocks over a few
+// rows (label "fixed" without).
+template <typename OutT, int kBatch, int kMinBlocks, int kBlockThreads, bool kGeneral = false,
+          bool kSpread = true>
 void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                   int64_t chunks_per_lane, cudaStream_t stream) {
   jdq::DequantizeGradProblem p{};
@@ -259,7 +262,8 @@ void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
     const std::string error =
         kGeneral ? jdq::cuda::LaunchGrad<int8_t, float, OutT, false, true, Shape>(
                        p, stream, chunks_per_lane)
-                 : jdq::cuda::LaunchDscale<int8_t, float, OutT, Shape>(p, stream, chunks_per_lane);
+                 : jdq::cuda::LaunchDscale<int8_t, float, OutT, Shape>(p, stream, chunks_per_lane,
+                                                                      kSpread);
     if (!error.empty()) {
       std::fprintf(stderr, "%s\n", error.c_str());
       std::exit(1);
@@ -267,7 +271,7 @@ void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
   });
   char config[64];
   std::snprintf(config, sizeof config, "%s b%d lane%lld batch%d min%d",
-                kGeneral ? "general" : "aligned", kBlockThreads,
+                kGeneral ? "general" : (kSpread ? "aligned" : "fixed"), kBlockThreads,
                 static_cast<long long>(chunks_per_lane), kBatch, kMinBlocks);
   Report(name, config, rows, cols, bytes, us);
 }
@@ -278,13 +282,12 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
   SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
                                                                        bytes, 4, stream);
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);  // the library's
+  SweepGradOne<OutT, 4, 4, 256, false, false>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
-  SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 1, stream);
-  SweepGradOne<OutT, 2, 6, 256>(name, buf, rows, cols, bytes, 2, stream);
-  SweepGradOne<OutT, 2, 8, 256>(name, buf, rows, cols, bytes, 2, stream);
+  SweepGradOne<OutT, 4, 2, 512>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 2, 2, 512>(name, buf, rows, cols, bytes, 2, stream);
-  SweepGradOne<OutT, 1, 2, 1024>(name, buf, rows, cols, bytes, 1, stream);
+  SweepGradOne<OutT, 2, 1, 1024>(name, buf, rows, cols, bytes, 2, stream);
 }
 #endif  // TUNE_PART == 4
 
@@ -365,8 +368,8 @@ int main() {
 #if TUNE_PART == 1
   CheckSaturation();
 #endif
-  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {16, 4096}, {1, 8192},
-                               {1, 4096}};
+  const int64_t shapes[][2] = {{16384, 8192}, {4096, 4096}, {64, 8192}, {64, 4096},
+                               {16, 8192},    {16, 4096},   {1, 8192},  {1, 4096}};
   for (const auto& shape : shapes) {
     const int64_t rows = shape[0], cols = shape[1];
     const double n = static_cast<double>(rows * cols);

@@ -2,12 +2,33 @@
 #ifndef JAX_DEQUANT_CUDA_COMMON_CUH_
 #define JAX_DEQUANT_CUDA_COMMON_CUH_
 
+#include <atomic>
 #include <cstdint>
+
+#include <cuda_runtime.h>
 
 namespace jdq::cuda {
 
 inline bool IsAligned(const void* pointer, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(bytes) == 0;
+}
+
+// Streaming multiprocessors of the current device, asked of the runtime once
+// per device; 0 when the runtime cannot say (its error is then reported by
+// the launch that follows) or for a device numbered 64 or more.
+inline int MultiprocessorCount() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> counts[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 0;
+    }
+    counts[device].store(count, std::memory_order_relaxed);
+  }
+  return count;
 }
 
 // Division of 32-bit unsigned integers by one fixed divisor d >= 1 as a

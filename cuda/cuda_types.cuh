@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <cuda_fp16.h>
+#include <type_traits>
 
 #include "numerics.h"
 
@@ -51,6 +52,56 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Pack {
   T v[N];
 };
+
+// Byte kByte of `word` as a 32-bit integer, sign-extended (kSigned) or
+// zero-extended: one byte permute.
+template <int kByte, bool kSigned>
+__device__ __forceinline__ uint32_t ExtendByte(uint32_t word) {
+  // prmt's selector, a nibble per result byte: the byte itself, then copies
+  // of its sign (8 + kByte) or zero bytes (4: byte 0 of the zero operand).
+  constexpr uint32_t kFill = kSigned ? 8 + kByte : 4;
+  constexpr uint32_t kSelector = kByte | (kFill << 4) | (kFill << 8) | (kFill << 12);
+  uint32_t extended;
+  asm("prmt.b32 %0, %1, 0, %2;" : "=r"(extended) : "r"(word), "n"(kSelector));
+  return extended;
+}
+
+// The compute values of a pack's elements, in order (Convert's values, all
+// exact). Packed types are widened a 32-bit word at a time. bfloat16: the
+// low element is word << 16 and the high one word & 0xffff0000, one
+// instruction each (widened one element at a time, the high one is moved
+// down and shifted back up). 8-bit integers: each byte is extended by one
+// byte permute and converted from 32 bits (on sm_90 a full-rate I2FP; the
+// 8-bit conversion, I2F.S8, runs at a quarter of the rate and needs a shift
+// first for all but the low byte).
+template <typename C, typename T, int N>
+__device__ __forceinline__ void WidenPack(const Pack<T, N>& pack, C (&values)[N]) {
+  constexpr bool kBytes = std::is_same_v<T, int8_t> || std::is_same_v<T, uint8_t>;
+  if constexpr (kBytes && N % 4 == 0) {
+    constexpr bool kSigned = std::is_same_v<T, int8_t>;
+    using Extended = std::conditional_t<kSigned, int32_t, uint32_t>;
+    uint32_t words[N / 4];
+    memcpy(words, &pack, sizeof(words));
+#pragma unroll
+    for (int j = 0; j < N / 4; ++j) {
+      values[4 * j] = static_cast<C>(static_cast<Extended>(ExtendByte<0, kSigned>(words[j])));
+      values[4 * j + 1] = static_cast<C>(static_cast<Extended>(ExtendByte<1, kSigned>(words[j])));
+      values[4 * j + 2] = static_cast<C>(static_cast<Extended>(ExtendByte<2, kSigned>(words[j])));
+      values[4 * j + 3] = static_cast<C>(static_cast<Extended>(ExtendByte<3, kSigned>(words[j])));
+    }
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16> && N % 2 == 0) {
+    uint32_t words[N / 2];
+    memcpy(words, &pack, sizeof(words));
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) {
+      values[2 * j] = static_cast<C>(__uint_as_float(words[j] << 16));
+      values[2 * j + 1] = static_cast<C>(__uint_as_float(words[j] & 0xffff0000u));
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) values[i] = Convert<T>::template ToCompute<C>(pack.v[i]);
+  }
+}
 
 // Loads *address (global memory, read-only for the kernel's lifetime) as one
 // access of sizeof(T) bytes (1, 2, 4, 8 or 16; T aligned to it), issued where

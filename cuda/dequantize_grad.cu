@@ -4,7 +4,8 @@
 // Layout. A group of G threads (a power of two from 1 to 256, chosen from the
 // row length: a warp or less for short rows, a whole block for long ones) owns
 // one row at a time; a 256-thread block holds 256 / G groups and blocks stride
-// over the rows. A chunk is kVec elements, 16 bytes of the wider of the
+// over the rows (the dscale pass over a few rows uses smaller blocks, so that
+// the rows spread over more SMs). A chunk is kVec elements, 16 bytes of the wider of the
 // arrays walked together (the narrower one moves in one access of 2 to 8
 // bytes), so a warp's access of the wider array covers 512 contiguous bytes:
 // every 32-byte sector is requested once. (With chunks of 16 bytes of the
@@ -38,6 +39,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda_common.cuh"
 #include "cuda_kernels.h"
 #include "cuda_types.cuh"
 #include "dispatch.h"
@@ -316,8 +318,9 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 // kVec, 16-byte aligned buffers): the order of DequantizeGradKernel without
 // its head, tail and element paths, so a block issues its first loads right
 // after it starts. Lane l of a group takes chunks l, l + G, ..., loading
-// kBatch of them before adding the first; one block per groups_per_block rows
-// (the launcher checks the grid fits).
+// kBatch of them before adding the first; a block of blockDim.x threads (at
+// most kBlockThreads, at least G) holds blockDim.x / G rows (the launcher
+// checks the grid fits).
 //
 // Index: uint32_t when every chunk number fits (32-bit arithmetic, and each
 // load's address one multiply-add from the row's base), else int64_t.
@@ -336,7 +339,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   __shared__ C shared[kBlockThreads / kWarp];
   const Index group = Index{1} << group_log2;
   const Index lane = threadIdx.x & (group - 1);
-  const Index row = static_cast<Index>(blockIdx.x) * (kBlockThreads >> group_log2) +
+  const Index row = static_cast<Index>(blockIdx.x) * (blockDim.x >> group_log2) +
                     (threadIdx.x >> group_log2);
   C sum = C(0);
   if (row < rows) {
@@ -345,13 +348,15 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     const GradPack* __restrict__ row_dy = reinterpret_cast<const GradPack*>(dy) + first;
     const LevelPack* __restrict__ row_q = reinterpret_cast<const LevelPack*>(q) + first;
     const C row_zero = kZeroPoint ? static_cast<C>(zero_point[row]) : C(0);
-    auto add_chunk = [&](const GradPack& grads, const LevelPack& levels) {
+    auto add_chunk = [&](const GradPack& grad_pack, const LevelPack& level_pack) {
+      C grads[kVec];
+      C levels[kVec];
+      WidenPack(grad_pack, grads);
+      WidenPack(level_pack, levels);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) {
-        const C grad = Convert<OutT>::template ToCompute<C>(grads.v[i]);
-        const C stored_level = Convert<QT>::template ToCompute<C>(levels.v[i]);
-        const C level = kZeroPoint ? sub_rn(stored_level, row_zero) : stored_level;
-        sum = add_rn(sum, mul_rn(grad, level));
+        const C level = kZeroPoint ? sub_rn(levels[i], row_zero) : levels[i];
+        sum = add_rn(sum, mul_rn(grads[i], level));
       }
     };
     // Whole batches, then single chunks: no chunk of a batch is conditional,
@@ -465,14 +470,32 @@ std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream,
   return LaunchStatus("dequantize_per_token backward");
 }
 
+// Threads per block of DscaleAlignedKernel: `block`, or fewer when a grid of
+// such blocks would leave SMs idle (a few rows: decode). Each halving gives a
+// block half the rows, down to one row (a group) or one warp, so the rows
+// spread over more SMs and each SM reads fewer bytes; the groups, and so the
+// sums, stay the same.
+int DscaleBlockThreads(int64_t rows, int group, int block) {
+  const int multiprocessors = MultiprocessorCount();
+  int threads = block;
+  while (threads / 2 >= group && threads / 2 >= kWarp &&
+         GridSize(rows, group, threads) < multiprocessors) {
+    threads /= 2;
+  }
+  return threads;
+}
+
 // The dscale pass alone: DscaleAlignedKernel where rows are whole aligned
 // chunks, else DequantizeGradKernel with the same groups (the same order).
+// `spread_rows`: blocks of DscaleBlockThreads (else always Shape::block).
 template <typename QT, typename ScaleT, typename OutT, typename Shape>
 std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
-                         int64_t chunks_per_lane) {
+                         int64_t chunks_per_lane, bool spread_rows = true) {
   constexpr int kVec = kChunkElements<QT, OutT>;
   const int group = GroupSize(p.cols, kVec, chunks_per_lane, Shape::block);
-  const int64_t blocks = GridSize(p.rows, group, Shape::block);
+  const int threads =
+      spread_rows ? DscaleBlockThreads(p.rows, group, Shape::block) : Shape::block;
+  const int64_t blocks = GridSize(p.rows, group, threads);
   if (p.cols % kVec != 0 || p.cols == 0 || !IsAligned(p.dy) || !IsAligned(p.q) ||
       blocks >= 0x7fffffff) {
     constexpr int kFallbackMinBlocks =
@@ -488,7 +511,7 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
                                             Shape::block, Index, true>
                       : DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks,
                                             Shape::block, Index, false>;
-    kernel<<<static_cast<unsigned>(blocks), Shape::block, 0, stream>>>(
+    kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q), p.zero_point,
         static_cast<ScaleT*>(p.dscale), static_cast<Index>(p.rows),
         static_cast<Index>(p.cols / kVec), Log2(group));

@@ -269,15 +269,63 @@ def test_dequantize_derivatives_over_threads(device, shape, q_dtype, scale_dtype
         # float32 sum, B = (D - 1) * 2**-24 * sum |terms|, of the exact sum, plus the final
         # rounding to dscale's dtype (unit roundoff u): B + u * (|exact| + B).
         assert_bitwise_equal(_run_on(device, dscale_only, args), dscale, f"dscale of {shape} rerun")
-        terms = dy.astype(np.float64) * (q.astype(np.float64) - zero_point[:, None])
-        exact = terms.sum(axis=1)
-        sum_bound = (shape[1] - 1) * 2.0**-24 * np.abs(terms).sum(axis=1)
-        unit_roundoff = float(ml_dtypes.finfo(np.asarray(dscale).dtype).eps) / 2
-        bound = sum_bound + unit_roundoff * (np.abs(exact) + sum_bound)
-        got = np.asarray(dscale, np.float64)
-        finite = np.isfinite(exact)
-        assert np.array_equal(np.isnan(got), np.isnan(exact)), f"dscale of {shape}: NaN rows"
-        assert np.all(np.abs(got[finite] - exact[finite]) <= bound[finite]), f"dscale of {shape}"
+        _assert_dscale_within_bound(dscale, q, zero_point, dy, f"dscale of {shape}")
+
+
+def _assert_dscale_within_bound(dscale, q, zero_point, dy, context):
+    """dscale is within the worst-case bound of a float32 sum, B = (D - 1) * 2**-24 *
+    sum |terms|, of the exact sum, plus the final rounding to dscale's dtype (unit
+    roundoff u): B + u * (|exact| + B); NaN exactly where the exact sum is NaN."""
+    zero = np.zeros(q.shape[:-1]) if zero_point is None else zero_point
+    terms = dy.astype(np.float64) * (q.astype(np.float64) - zero[:, None])
+    exact = terms.sum(axis=1)
+    sum_bound = (q.shape[1] - 1) * 2.0**-24 * np.abs(terms).sum(axis=1)
+    unit_roundoff = float(ml_dtypes.finfo(np.asarray(dscale).dtype).eps) / 2
+    bound = sum_bound + unit_roundoff * (np.abs(exact) + sum_bound)
+    got = np.asarray(dscale, np.float64)
+    finite = np.isfinite(exact)
+    assert np.array_equal(np.isnan(got), np.isnan(exact)), f"{context}: NaN rows"
+    assert np.all(np.abs(got[finite] - exact[finite]) <= bound[finite]), context
+
+
+@pytest.mark.parametrize(
+    "shape,q_dtype,out_dtype,with_zero_point",
+    [
+        # Lanes per row 2, 64, 128 and 256 (a block per row). Enough rows that the CUDA
+        # kernel runs full 256-thread blocks on every SM; a few rows run smaller blocks.
+        ((20000, 64), "int8", "bfloat16", False),
+        ((1200, 1024), "uint8", "float32", True),
+        ((300, 4096), "int8", "bfloat16", False),
+        ((160, 8192), "int8", "float16", True),
+    ],
+)
+def test_dscale_of_a_row_does_not_depend_on_the_call(
+    device, shape, q_dtype, out_dtype, with_zero_point
+):
+    """dscale of integer q (D a multiple of 16, aligned buffers: the CUDA kernel's aligned
+    path) has the same bits for the first 1, 7 and 40 rows whether they are the whole call
+    or part of a call of many rows, whose blocks hold more rows each; and it is within the
+    error bound of a float32 sum."""
+    rng = np.random.default_rng(shape[1])
+    q = _levels(rng, q_dtype, shape)
+    scale = rng.uniform(0.01, 0.05, size=shape[:-1]).astype(np.float32)
+    zero_point = rng.integers(100, 156, size=shape[:-1]).astype(np.int32) if with_zero_point else None
+    dy = rng.standard_normal(shape).astype(out_dtype)
+
+    def dscale_of(q_, s, zp, ct):
+        _, pullback = jax.vjp(
+            lambda b: jdq.dequantize_per_token(q_, b, zp, out_dtype=out_dtype), s
+        )
+        return pullback(ct)[0]
+
+    args = (q, scale, zero_point, dy)
+    whole = np.asarray(_run_on(device, dscale_of, args))
+    _assert_dscale_within_bound(whole, q, zero_point, dy, f"dscale of {shape}")
+    for rows in (1, 7, 40):
+        part = tuple(None if a is None else a[:rows] for a in args)
+        assert_bitwise_equal(
+            _run_on(device, dscale_of, part), whole[:rows], f"dscale of {rows} rows of {shape}"
+        )
 
 
 @pytest.mark.parametrize(
