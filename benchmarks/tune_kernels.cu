@@ -283,6 +283,7 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
                                                                        bytes, 4, stream);
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);  // the library's
   SweepGradOne<OutT, 4, 4, 256, false, false>(name, buf, rows, cols, bytes, 4, stream);
+  SweepGradOne<OutT, 8, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 4, 2, 512>(name, buf, rows, cols, bytes, 4, stream);
