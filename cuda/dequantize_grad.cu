@@ -322,14 +322,10 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 // most kBlockThreads, at least G) holds blockDim.x / G rows (the launcher
 // checks the grid fits).
 //
-// Index: uint32_t when every chunk number fits (32-bit arithmetic), else
-// int64_t. kZeroPoint: zero_point is given. Without one, level - 0 is the
-// level itself (bit for bit), so the subtraction is left out. A lane walks
-// two pointers, one per array, G chunks a step: each chunk's address is then
-// one 64-bit add from the pointer (from a 32-bit chunk number, it was a
-// 64-bit add and two shifted adds per array). G as a compile-time constant,
-// which makes the batch's offsets immediates, saved 5-6 more instructions per
-// batch and was not kept (three times the kernels).
+// Index: uint32_t when every chunk number fits (32-bit arithmetic, and each
+// load's address one multiply-add from the row's base), else int64_t.
+// kZeroPoint: zero_point is given. Without one, level - 0 is the level itself
+// (bit for bit), so the subtraction is left out.
 template <typename QT, typename ScaleT, typename OutT, int kBatch, int kMinBlocks,
           int kBlockThreads, typename Index, bool kZeroPoint>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
@@ -347,10 +343,10 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
                     (threadIdx.x >> group_log2);
   C sum = C(0);
   if (row < rows) {
-    // The lane's first chunk of the flat arrays; its later chunks are G apart.
-    const Index first = row * chunks_per_row + lane;
-    const GradPack* __restrict__ lane_dy = reinterpret_cast<const GradPack*>(dy) + first;
-    const LevelPack* __restrict__ lane_q = reinterpret_cast<const LevelPack*>(q) + first;
+    // The row's chunks of the flat arrays.
+    const Index first = row * chunks_per_row;
+    const GradPack* __restrict__ row_dy = reinterpret_cast<const GradPack*>(dy) + first;
+    const LevelPack* __restrict__ row_q = reinterpret_cast<const LevelPack*>(q) + first;
     const C row_zero = kZeroPoint ? static_cast<C>(zero_point[row]) : C(0);
     auto add_chunk = [&](const GradPack& grad_pack, const LevelPack& level_pack) {
       C grads[kVec];
@@ -371,18 +367,14 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
       LevelPack levels[kBatch];
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
-        grads[b] = LoadInOrder(lane_dy + b * group);
-        levels[b] = LoadInOrder(lane_q + b * group);
+        grads[b] = LoadInOrder(row_dy + (k + b * group));
+        levels[b] = LoadInOrder(row_q + (k + b * group));
       }
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) add_chunk(grads[b], levels[b]);
-      lane_dy += kBatch * group;
-      lane_q += kBatch * group;
     }
     for (; k < chunks_per_row; k += group) {
-      add_chunk(LoadInOrder(lane_dy), LoadInOrder(lane_q));
-      lane_dy += group;
-      lane_q += group;
+      add_chunk(LoadInOrder(row_dy + k), LoadInOrder(row_q + k));
     }
   }
   sum = GroupSumToFirstLane<kBlockThreads / kWarp>(sum, group, shared);
