@@ -281,7 +281,8 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
                cudaStream_t stream) {
   SweepGradOne<OutT, jdq::cuda::kGradBatch<int8_t, OutT>, 4, 256, true>(name, buf, rows, cols,
                                                                        bytes, 4, stream);
-  SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);  // the library's
+  // The library's (float32 dy in lanes of eight chunks or more: the batch8 line).
+  SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 4, 4, 256, false, false>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 8, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);

@@ -297,6 +297,8 @@ def _assert_dscale_within_bound(dscale, q, zero_point, dy, context):
         ((1200, 1024), "uint8", "float32", True),
         ((300, 4096), "int8", "bfloat16", False),
         ((160, 8192), "int8", "float16", True),
+        # float32 dy, rows of 2049 chunks: eight chunks loaded at once, lane 0 one more.
+        ((150, 8196), "int8", "float32", True),
     ],
 )
 def test_dscale_of_a_row_does_not_depend_on_the_call(
