@@ -474,7 +474,8 @@ std::string LaunchGrad(const DequantizeGradProblem& p, cudaStream_t stream,
 // such blocks would leave SMs idle (a few rows: decode). Each halving gives a
 // block half the rows, down to one row (a group) or one warp, so the rows
 // spread over more SMs and each SM reads fewer bytes; the groups, and so the
-// sums, stay the same.
+// sums, stay the same. (bf16 dy, H200 sweep: 16x4096 1.65 -> 1.51 us, 64x4096
+// 1.72 -> 1.59; a grid of a block per SM or more, 4096x4096 say, keeps them.)
 int DscaleBlockThreads(int64_t rows, int group, int block) {
   const int multiprocessors = MultiprocessorCount();
   int threads = block;
@@ -530,20 +531,20 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
 // per lane, up to four loaded ahead (kGradBatch), 4 blocks per SM. The dscale
 // pass alone (integer q: the common case) runs DscaleAlignedKernel on aligned
 // rows, with the same groups and so the same sums as the general kernel, all
-// four chunks of a lane loaded at once. Measured on an H200 (tune_kernels.cu
-// part 4, int8 q, bf16 dy, CUDA-graph device time; docs/perf.md): 89.4 us at
-// 16384x8192, 11.9 us at 4096x4096, 1.46 us at 1x4096 (session 5, before the
-// shorter prologue and epilogue: 90.2, 12.5, 1.65; two chunks per lane then:
-// 91.8, 14.9, 1.70); 512- and 1024-thread blocks and 6 or 8 blocks per SM were
-// no faster.
+// four chunks of a lane loaded at once, in blocks of DscaleBlockThreads.
+// Measured on an H200 (tune_kernels.cu part 4, int8 q, bf16 dy, CUDA-graph
+// device time; docs/perf.md, session 7): 88.2 us at 16384x8192, 11.8 us at
+// 4096x4096, 1.51 us at 16x4096 (1.65 in 256-thread blocks), 1.42 us at
+// 1x4096; 512- and 1024-thread blocks (more lanes per row), two chunks per
+// lane and 6 or 8 blocks per SM were no faster.
 //
 // Float32 dy with integer q, lanes of eight chunks or more (rows of 8192 and
 // more: 256 lanes, capped): eight chunks loaded at once, which keeps the
-// same sums (the batch changes when loads issue, not the order of adds) and
-// measured 1.70 against 1.81 us at 1x8192, 1.99 against 2.08 at 64x8192 and
-// the same 144.8 us at 16384x8192 (sweep, third call of session 7). Lanes of
-// four chunks would run eight-chunk batches only through the one-chunk loop
-// (1.97 against 1.52 us at 1x4096), and 16-bit dy spills with eight.
+// same sums (the batch changes when loads issue, not the order of adds):
+// 1.63 against 1.75 us at 1x8192, 1.82 against 1.92 at 16x8192, 1.95 against
+// 2.02 at 64x8192, 145.0 us either way at 16384x8192. Lanes of four chunks
+// would run eight-chunk batches only through the one-chunk loop (1.92
+// against 1.45 us at 1x4096), and 16-bit dy spills with eight.
 template <typename QT, typename ScaleT, typename OutT, bool kDq, bool kDscale>
 std::string LaunchGradDefault(const DequantizeGradProblem& p, cudaStream_t stream) {
   if constexpr (kDq) {
