@@ -535,8 +535,8 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
 // Measured on an H200 (tune_kernels.cu part 4, int8 q, bf16 dy, CUDA-graph
 // device time; docs/perf.md, session 7): 88.2 us at 16384x8192, 11.8 us at
 // 4096x4096, 1.51 us at 16x4096 (1.65 in 256-thread blocks), 1.42 us at
-// 1x4096; 512- and 1024-thread blocks (more lanes per row), two chunks per
-// lane and 6 or 8 blocks per SM were no faster.
+// 1x4096; 512- and 1024-thread blocks (more lanes per row) and two chunks
+// per lane were no faster (nor, in earlier sweeps, 6 or 8 blocks per SM).
 //
 // Float32 dy with integer q, lanes of eight chunks or more (rows of 8192 and
 // more: 256 lanes, capped): eight chunks loaded at once, which keeps the
