@@ -17,8 +17,8 @@ template <>
 struct Convert<__nv_bfloat16> {
   template <typename C>
   static __device__ __forceinline__ C ToCompute(__nv_bfloat16 value) {
-    // Exact: a bfloat16 is the high half of its float32. Spelled as a shift so
-    // the compiler can widen both halves of a packed pair in place.
+    // Exact: a bfloat16 is the high half of its float32. (Packs: WidenPack
+    // widens the two halves of a 32-bit word without moving the high one.)
     const uint32_t bits = static_cast<uint32_t>(__bfloat16_as_ushort(value)) << 16;
     return static_cast<C>(__uint_as_float(bits));
   }

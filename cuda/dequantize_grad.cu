@@ -322,8 +322,8 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 // most kBlockThreads, at least G) holds blockDim.x / G rows (the launcher
 // checks the grid fits).
 //
-// Index: uint32_t when every chunk number fits (32-bit arithmetic, and each
-// load's address one multiply-add from the row's base), else int64_t.
+// Index: uint32_t when every chunk number fits (32-bit index arithmetic),
+// else int64_t.
 // kZeroPoint: zero_point is given. Without one, level - 0 is the level itself
 // (bit for bit), so the subtraction is left out.
 template <typename QT, typename ScaleT, typename OutT, int kBatch, int kMinBlocks,

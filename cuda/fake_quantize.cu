@@ -260,9 +260,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerRow)
     auto whole_batch_left = [&] { return index + (kBatch - 1) * stride < packs; };
     bool batch = whole_batch_left();
     if (batch) load_batch(index);
-    const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.scale);
-    const FakeQuantizeRow<C> k{row_scale, reciprocal_rn(row_scale),
-                               static_cast<C>(stored.zero_point)};
+    const FakeQuantizeRow<C> k = PrepareFakeQuantizeRow<C>(stored);
     const XT zero = Convert<XT>::template FromCompute<C>(C(0));
     auto use_pack = [&](int64_t at, const XPack& pack_values, const XPack& pack_cotangents) {
       XPack grads;

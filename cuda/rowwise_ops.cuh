@@ -162,6 +162,13 @@ struct FakeQuantizeRow {
   C zero_point;
 };
 
+template <typename C, typename ScaleT>
+__device__ __forceinline__ FakeQuantizeRow<C> PrepareFakeQuantizeRow(
+    const StoredRow<ScaleT>& stored) {
+  const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.scale);
+  return {row_scale, reciprocal_rn(row_scale), static_cast<C>(stored.zero_point)};
+}
+
 // out = fake_quantize_value(x) with a given scale.
 template <typename XT, typename ScaleT>
 struct FakeQuantizeOp {
@@ -183,8 +190,7 @@ struct FakeQuantizeOp {
     return LoadStoredRow(scale, zero_point, row);
   }
   __device__ __forceinline__ FakeQuantizeRow<C> Prepare(const StoredRow<ScaleT>& stored) const {
-    const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.scale);
-    return {row_scale, reciprocal_rn(row_scale), static_cast<C>(stored.zero_point)};
+    return PrepareFakeQuantizeRow<C>(stored);
   }
   __device__ __forceinline__ XT Apply(const FakeQuantizeRow<C>& row, XT value, XT) const {
     return Convert<XT>::template FromCompute<C>(
@@ -255,8 +261,7 @@ struct FakeQuantizeTangentOp {
             LoadInOrder((tangent_scale != nullptr ? tangent_scale : scale) + row)};
   }
   __device__ __forceinline__ Row Prepare(const StoredTangentRow& stored) const {
-    const C row_scale = Convert<ScaleT>::template ToCompute<C>(stored.stored.scale);
-    return {{row_scale, reciprocal_rn(row_scale), static_cast<C>(stored.stored.zero_point)},
+    return {PrepareFakeQuantizeRow<C>(stored.stored),
             Convert<ScaleT>::template ToCompute<C>(stored.tangent_scale)};
   }
   __device__ __forceinline__ XT Apply(const Row& row, XT value, XT tangent) const {
