@@ -18,8 +18,10 @@ Timing methods (the output says which one each number used):
   GPU's stream lines are attributed to it by the ``hlo_module`` the profiler
   records with each event (``profiler:module``), or, where events carry no
   module, by the host annotation around its K calls (``profiler:window``). The
-  time per call is the median of the per-call sums of those events, so host
-  dispatch overhead cannot distort it.
+  time per call is the interquartile mean (the mean of the middle half) of the
+  per-call sums of those events, so host dispatch overhead cannot distort it;
+  the profiler's timestamps advance in 32 ns steps, which a median cannot
+  resolve (the JSON keeps the median too, ``*_median_us``).
 * GPU, ``wallclock`` (fallback when the trace has no usable GPU events): host
   time of K asynchronous dispatches, divided by K. For shapes that run in a few
   microseconds this measures dispatch, not the device: such rows say so.
@@ -466,14 +468,32 @@ def load_trace_events(log_dir: str) -> tuple[list[TraceEvent], str]:
     return [], "; ".join(problems) or "no trace file written"
 
 
-def attribute(events: list[TraceEvent], tag: str, calls: int) -> tuple[float | None, str, int]:
-    """Device time per call of the function named ``tag``.
+def interquartile_mean(samples: Sequence[float]) -> float:
+    """Mean of the middle half of ``samples`` (all of them when there are fewer than 4).
+
+    The profiler's GPU timestamps advance in steps (32 ns on an H100 or H200), so
+    every per-call time is a whole number of steps and a median can only be one
+    of them: two kernels 10 ns apart can have medians a step apart. The mean of
+    the middle half resolves less than a step (a call's start falls anywhere
+    within a step) and, like the median, ignores the slowest and fastest calls.
+    """
+    ordered = sorted(samples)
+    cut = len(ordered) // 4
+    middle = ordered[cut : len(ordered) - cut]
+    return math.fsum(middle) / len(middle)
+
+
+def per_call_sums(
+    events: list[TraceEvent], tag: str, calls: int
+) -> tuple[list[float] | None, str, int]:
+    """Device nanoseconds of each of the ``calls`` calls of the function named ``tag``.
 
     Matches GPU stream events whose stats name the module ``jit_<tag>``; if
-    none do, takes the GPU events inside the host annotation ``tag``.
+    none do, takes the GPU events inside the host annotation ``tag``. A call's
+    time is the sum of its events.
 
     Returns:
-        (seconds per call or None, how it was attributed, events per call).
+        (per-call sums in ns or None, how they were attributed, events per call).
     """
     # Tags have a fixed width, so no tag is a substring of another.
     matched = [e for e in events if e.gpu and tag in e.text]
@@ -495,7 +515,20 @@ def attribute(events: list[TraceEvent], tag: str, calls: int) -> tuple[float | N
     sums = [
         sum(e.dur_ns for e in matched[i : i + per_call]) for i in range(0, len(matched), per_call)
     ]
-    return statistics.median(sums) * 1e-9, how, per_call
+    return sums, how, per_call
+
+
+def attribute(events: list[TraceEvent], tag: str, calls: int) -> tuple[float | None, str, int]:
+    """Device time per call of the function named ``tag``: the interquartile mean of
+    :func:`per_call_sums`.
+
+    Returns:
+        (seconds per call or None, how it was attributed, events per call).
+    """
+    sums, how, per_call = per_call_sums(events, tag, calls)
+    if sums is None:
+        return None, how, per_call
+    return interquartile_mean(sums) * 1e-9, how, per_call
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -509,6 +542,7 @@ class Timing:
     method: str
     wall_seconds: float | None = None
     events_per_call: int = 0
+    median_seconds: float | None = None  # profiler only: the median beside the interquartile mean
 
 
 def _calls_for(case_bytes: int, platform: str) -> int:
@@ -602,9 +636,12 @@ def measure_gpu(
     by_index = {case.index: case for case in cases}
     for (index, impl), (wall, calls) in walls.items():
         case = by_index[index]
-        seconds, how, per_call = (None, source, 0)
+        seconds, median, how, per_call = (None, None, source, 0)
         if events:
-            seconds, how, per_call = attribute(events, case.tag(impl), calls)
+            sums, how, per_call = per_call_sums(events, case.tag(impl), calls)
+            if sums is not None:
+                seconds = interquartile_mean(sums) * 1e-9
+                median = statistics.median(sums) * 1e-9
             if seconds is not None and seconds > 1.5 * wall + 20e-6:
                 how, seconds = (
                     f"profiler time {seconds:.3g}s > wall {wall:.3g}s: misattributed",
@@ -615,7 +652,7 @@ def measure_gpu(
             if events:
                 progress(f"{case.label} {impl}: {how}; using wall-clock")
         else:
-            timings[(index, impl)] = Timing(seconds, how, wall, per_call)
+            timings[(index, impl)] = Timing(seconds, how, wall, per_call, median)
     if not keep_traces:
         _remove_tree(trace_dir)
     return timings
@@ -773,6 +810,9 @@ def results_rows(cases: list[Case], timings: dict, copy_gbps: float) -> list[dic
                     if timing.wall_seconds is None
                     else timing.wall_seconds * 1e6,
                     f"{impl}_events_per_call": timing.events_per_call,
+                    f"{impl}_median_us": None
+                    if timing.median_seconds is None
+                    else timing.median_seconds * 1e6,
                 }
             )
         row["speedup"] = (
@@ -1056,7 +1096,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtypes = [d for d in args.dtypes.split(",") if d]
     use_profiler = platform == "gpu" and not args.no_profiler
     method = (
-        "profiler (device time: kernel/memcpy events of the GPU stream lines, median per call)"
+        "profiler (device time: kernel/memcpy events of the GPU stream lines, "
+        "interquartile mean of the per-call sums)"
         if use_profiler
         else (
             "wallclock (async dispatches, per call)"

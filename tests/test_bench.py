@@ -28,9 +28,23 @@ def test_device_time_is_attributed_by_module_name():
     ]
     seconds, how, per_call = bench.attribute(events, "jdqbench_0001_ours", 3)
     assert (how, per_call) == ("profiler:module", 2)
-    assert seconds == pytest.approx(36e-9)  # median of the per-call sums 35, 36, 37 ns
+    assert seconds == pytest.approx(36e-9)  # mean of the per-call sums 35, 36, 37 ns
     seconds, how, per_call = bench.attribute(events, "jdqbench_0001_xla", 1)
     assert (seconds, per_call) == (pytest.approx(10e-9), 1)
+
+
+def test_interquartile_mean_resolves_less_than_a_timestamp_step():
+    """Per-call times in whole 32 ns steps: a kernel of 905 ns reads 896 or 928; one of 915
+    reads 928 more often. Their medians are a whole step apart, the interquartile means are
+    about 10 ns apart; outliers (a late call, a clipped one) move neither."""
+    fast = [896.0] * 110 + [928.0] * 90 + [5000.0, 10.0]
+    slow = [896.0] * 90 + [928.0] * 110 + [5000.0, 10.0]
+    assert bench.statistics.median(fast) == 896.0 and bench.statistics.median(slow) == 928.0
+    fast_mean, slow_mean = bench.interquartile_mean(fast), bench.interquartile_mean(slow)
+    assert 896.0 < fast_mean < slow_mean < 928.0
+    assert slow_mean - fast_mean < 16.0
+    assert bench.interquartile_mean([3.0, 1.0, 2.0]) == pytest.approx(2.0)  # < 4: all of them
+    assert bench.interquartile_mean([1.0, 2.0, 3.0, 100.0]) == pytest.approx(2.5)
 
 
 def test_device_time_falls_back_to_the_host_annotation_window():
