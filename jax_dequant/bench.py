@@ -19,9 +19,9 @@ Timing methods (the output says which one each number used):
   records with each event (``profiler:module``), or, where events carry no
   module, by the host annotation around its K calls (``profiler:window``). The
   time per call is the interquartile mean (the mean of the middle half) of the
-  per-call sums of those events, so host dispatch overhead cannot distort it;
-  the profiler's timestamps advance in 32 ns steps, which a median cannot
-  resolve (the JSON keeps the median too, ``*_median_us``).
+  per-call sums of those events, so host dispatch overhead cannot distort it.
+  The profiler's timestamps advance in 32 ns steps and a median can only be a
+  whole step; the JSON keeps the median too (``*_median_us``).
 * GPU, ``wallclock`` (fallback when the trace has no usable GPU events): host
   time of K asynchronous dispatches, divided by K. For shapes that run in a few
   microseconds this measures dispatch, not the device: such rows say so.
@@ -471,11 +471,12 @@ def load_trace_events(log_dir: str) -> tuple[list[TraceEvent], str]:
 def interquartile_mean(samples: Sequence[float]) -> float:
     """Mean of the middle half of ``samples`` (all of them when there are fewer than 4).
 
-    The profiler's GPU timestamps advance in steps (32 ns on an H100 or H200), so
-    every per-call time is a whole number of steps and a median can only be one
-    of them: two kernels 10 ns apart can have medians a step apart. The mean of
-    the middle half resolves less than a step (a call's start falls anywhere
-    within a step) and, like the median, ignores the slowest and fastest calls.
+    The profiler's GPU timestamps advance in steps (32 ns on an H200), so every
+    per-call time is a whole number of steps and a median can only be one of
+    them. Where the calls' times spread over two steps, the mean of the middle
+    half falls between them in proportion; like the median, it ignores the
+    slowest and fastest calls. (Where nearly every call reads the same step, as
+    for most decode shapes on the H200, the two agree.)
     """
     ordered = sorted(samples)
     cut = len(ordered) // 4

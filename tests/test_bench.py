@@ -34,9 +34,9 @@ def test_device_time_is_attributed_by_module_name():
 
 
 def test_interquartile_mean_resolves_less_than_a_timestamp_step():
-    """Per-call times in whole 32 ns steps: a kernel of 905 ns reads 896 or 928; one of 915
-    reads 928 more often. Their medians are a whole step apart, the interquartile means are
-    about 10 ns apart; outliers (a late call, a clipped one) move neither."""
+    """Per-call times in whole 32 ns steps, spread over two steps in different proportions:
+    the medians are a whole step apart, the interquartile means lie between the steps, less
+    than half a step apart; outliers (a late call, a clipped one) move neither."""
     fast = [896.0] * 110 + [928.0] * 90 + [5000.0, 10.0]
     slow = [896.0] * 90 + [928.0] * 110 + [5000.0, 10.0]
     assert bench.statistics.median(fast) == 896.0 and bench.statistics.median(slow) == 928.0
