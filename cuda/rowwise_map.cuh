@@ -56,6 +56,17 @@ struct RowDivider<int64_t> {
   __device__ __forceinline__ int64_t Cols() const { return cols; }
 };
 
+// The divider of a one-row array: every element is in row 0, so a thread
+// loads its row's scale from a fixed address, right at the start, instead of
+// after the division (a decode row of a few thousand elements, where the
+// kernel's time is one thread's latency).
+struct SingleRow {
+  uint32_t cols;
+  explicit SingleRow(int64_t n) : cols(static_cast<uint32_t>(n)) {}
+  __device__ __forceinline__ uint32_t Row(uint32_t) const { return 0; }
+  __device__ __forceinline__ uint32_t Cols() const { return cols; }
+};
+
 // Op is a functor with
 //   using In, Out;                         element types
 //   static constexpr bool kSecondInput;    reads in2 as well (may be null at run time)
@@ -86,9 +97,10 @@ struct HasVectorApply<Op, std::enable_if_t<Op::kVectorApply>> : std::true_type {
 // conversions, stores and exit test, so a thread waited for its vectors and
 // their scales one after another (seen in the SASS: a memory latency per
 // vector, and another for the scale). Launchers guarantee total >= kVec.
-template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned>
+template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned,
+          typename Divider = RowDivider<Index>>
 __global__ void __launch_bounds__(kBlock)
-    RowwiseMapKernel(Op op, Index total, RowDivider<Index> divider) {
+    RowwiseMapKernel(Op op, Index total, Divider divider) {
   using In = typename Op::In;
   using Out = typename Op::Out;
   using RowData = decltype(op.LoadRow(int64_t{0}));
@@ -176,18 +188,20 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned>
+template <typename Op, typename Index, int kVec, int kUnroll, int kBlock, bool kRowAligned,
+          typename Divider = RowDivider<Index>>
 void LaunchRowwiseMapKernel(const Op& op, int64_t total, int64_t cols, cudaStream_t stream) {
   constexpr int64_t kPerBlock = int64_t{kVec} * kUnroll * kBlock;
   const auto blocks = static_cast<unsigned>((total + kPerBlock - 1) / kPerBlock);
-  RowwiseMapKernel<Op, Index, kVec, kUnroll, kBlock, kRowAligned>
-      <<<blocks, kBlock, 0, stream>>>(op, static_cast<Index>(total), RowDivider<Index>(cols));
+  RowwiseMapKernel<Op, Index, kVec, kUnroll, kBlock, kRowAligned, Divider>
+      <<<blocks, kBlock, 0, stream>>>(op, static_cast<Index>(total), Divider(cols));
 }
 
 // Launches Op over a [rows, cols] array with kVec-element vectors, kUnroll of
 // them per thread, kBlock threads per block; `name` prefixes error messages.
 // Vectors need in, in2 and out aligned to their accesses; callers pass
-// kVec = 1 otherwise.
+// kVec = 1 otherwise. One row element by element (a decode row, or unaligned
+// buffers) runs with the SingleRow divider.
 template <typename Op, int kVec, int kUnroll, int kBlock>
 std::string LaunchRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStream_t stream,
                              const char* name) {
@@ -201,7 +215,10 @@ std::string LaunchRowwiseMap(const Op& op, int64_t rows, int64_t cols, cudaStrea
   // 32-bit indices while every thread's element offsets, including those of
   // the last block past the end, stay below 2^32.
   if (total + kPerBlock < (int64_t{1} << 32)) {
-    if (row_aligned) {
+    if (kVec == 1 && rows == 1) {
+      LaunchRowwiseMapKernel<Op, uint32_t, 1, kUnroll, kBlock, true, SingleRow>(op, total, cols,
+                                                                              stream);
+    } else if (row_aligned) {
       LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true>(op, total, cols, stream);
     } else {
       LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, false>(op, total, cols, stream);

@@ -381,8 +381,10 @@ def test_fake_quantize_backward_over_threads(device, shape, x_dtype, scale_dtype
         # Fewer: one vector per thread (rows of whole vectors, or crossing rows).
         ((3, 8192), "bfloat16", "float32", True),
         ((16, 4100), "float32", "float32", False),
-        # At most 2^14 elements: one element per thread.
+        # At most 2^14 elements: one element per thread (one row: no division by D).
         ((1, 4096), "bfloat16", "float32", True),
+        ((1, 8191), "float16", "float32", False),
+        ((1, 1), "float32", "float32", False),
         ((2, 8192), "float16", "float16", False),
     ],
 )
