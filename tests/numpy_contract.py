@@ -102,3 +102,104 @@ def quantize_dynamic(x, dtype, symmetric: bool, scale_dtype):
         x, scale, None if symmetric else zero_point, int(info.min), int(info.max), compute
     )
     return q.astype(dtype), scale, zero_point
+
+
+# --- dscale's summation orders -------------------------------------------------------------------
+#
+# SPEC.md fixes dscale[n] = sum_d C(dy) (C(q) - C(zp)) "in a fixed order". Each kernel documents
+# its own order in its header (cuda/cpu_dequantize_grad.cc, cuda/dequantize_grad.cu); these
+# functions add the same rounded terms in those orders, so the kernels' bits can be checked one
+# for one, whatever launch shape or kernel variant runs a row.
+
+
+def dscale_terms(dy, q, zero_point, compute) -> np.ndarray:
+    """The rounded terms ``C(dy) * (C(q) - C(zp))`` of each row's sum, in C."""
+    dy = np.asarray(dy).astype(compute)
+    levels = np.asarray(q).astype(compute)
+    if zero_point is not None:
+        levels = levels - np.asarray(zero_point).astype(compute)[:, None]
+    return dy * levels
+
+
+def _empty_sum(cols: int, compute) -> np.ndarray:
+    # Both kernels start a sum of one term from -0 (-0 + t == t), all others from +0.
+    return compute.type(-0.0) if cols == 1 else compute.type(0.0)
+
+
+def dscale_cpu_order(terms: np.ndarray) -> np.ndarray:
+    """Row sums in the C++ CPU kernel's order: column d into lane d % 16, then a lane tree.
+
+    Args:
+        terms: ``[rows, cols]`` terms in C (:func:`dscale_terms`).
+
+    Returns:
+        ``[rows]`` sums in C, before rounding to the cotangent's dtype.
+    """
+    rows, cols = terms.shape
+    lanes_count = 16
+    lanes = np.full((rows, lanes_count), _empty_sum(cols, terms.dtype), terms.dtype)
+    with np.errstate(all="ignore"):
+        for col in range(0, cols, lanes_count):
+            block = terms[:, col:col + lanes_count]
+            lanes[:, :block.shape[1]] = lanes[:, :block.shape[1]] + block
+        width = lanes_count // 2
+        while width:
+            lanes[:, :width] = lanes[:, :width] + lanes[:, width:2 * width]
+            width //= 2
+    return lanes[:, 0]
+
+
+def cuda_dscale_group(cols: int, chunk: int) -> int:
+    """Lanes per row of the CUDA kernels: the smallest power of two (at most 256) that gives
+    each lane at most 4 chunks (a row not made of whole chunks counts two more)."""
+    chunks = cols // chunk if cols % chunk == 0 else cols // chunk + 2
+    group = 1
+    while group < 256 and group * 4 < chunks:
+        group *= 2
+    return group
+
+
+def dscale_cuda_order(terms: np.ndarray, chunk: int) -> np.ndarray:
+    """Row sums in the CUDA kernels' order.
+
+    A row ``[start, start + cols)`` of the flat array is cut into chunks at multiples of
+    ``chunk`` of the flat index (a partial head, whole chunks, a partial tail); chunk j goes
+    to lane ``j % G`` of the row's G lanes (:func:`cuda_dscale_group`), which adds its chunks'
+    elements in increasing order. Each warp's lanes are added by a butterfly of shuffles
+    (offsets 16, 8, ..., 1, or G/2, ..., 1 for G < 32), then the warps' sums in warp order.
+
+    Args:
+        terms: ``[rows, cols]`` terms in C (:func:`dscale_terms`).
+        chunk: elements per chunk: 16 bytes of the wider of dy and q.
+
+    Returns:
+        ``[rows]`` sums in C, before rounding to the cotangent's dtype.
+    """
+    rows, cols = terms.shape
+    group = cuda_dscale_group(cols, chunk)
+    offsets = [o for o in (16, 8, 4, 2, 1) if o < group]
+    sums = np.empty(rows, terms.dtype)
+    column = np.arange(cols)
+    with np.errstate(all="ignore"):
+        for row in range(rows):
+            start = row * cols
+            head = min((chunk - start % chunk) % chunk, cols)
+            chunk_number = np.where(column < head, 0, int(head > 0) + (column - head) // chunk)
+            lane = chunk_number % group
+            order = np.argsort(lane, kind="stable")  # each lane's columns, increasing
+            counts = np.bincount(lane, minlength=group)
+            position = np.arange(cols) - np.repeat(np.cumsum(counts) - counts, counts)
+            # Padding adds +0 to a sum that is never -0 (it starts from +0 whenever a lane
+            # has more than one term), which changes nothing.
+            by_lane = np.zeros((group, counts.max()), terms.dtype)
+            by_lane[lane[order], position] = terms[row, order]
+            lanes = np.full(group, _empty_sum(cols, terms.dtype), terms.dtype)
+            for step in range(by_lane.shape[1]):
+                lanes = lanes + by_lane[:, step]
+            for offset in offsets:
+                lanes = lanes + lanes[np.arange(group) ^ offset]
+            total = lanes[0]
+            for warp in range(1, max(group // 32, 1)):
+                total = total + lanes[32 * warp]
+            sums[row] = total
+    return sums

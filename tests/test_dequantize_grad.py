@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jax_dequant as jdq
+import numpy_contract as contract
 from conftest import assert_bitwise_equal
 
 Q_DTYPES = ["int8", "uint8", "float32", "bfloat16", "float16", "float64"]
@@ -413,6 +414,77 @@ def test_backward_is_bitwise_deterministic(device, q_dtype, out_dtype):
         with jax.default_device(device):
             from_slice = jax.jit(sliced)(*big)
         assert_bitwise_equal(from_slice[1], runs[0][1], f"sliced {shape} {q_dtype}")
+
+
+ORDER_DTYPES = [
+    # (q, scale, dy): chunks of 8, 4, 8, 2 and 8 elements on the GPU.
+    ("int8", "float32", "bfloat16"),
+    ("uint8", "float32", "float32"),
+    ("int8", "float16", "float16"),
+    ("int8", "float64", "float64"),
+    ("bfloat16", "float32", "bfloat16"),
+]
+
+
+def _dscale_in_documented_order(platform, q, zero_point, dy, scale_dtype, got_dtype):
+    compute = np.dtype(np.float64) if np.float64 in (np.dtype(scale_dtype), dy.dtype) else (
+        np.dtype(np.float32))
+    terms = contract.dscale_terms(dy, q, zero_point, compute)
+    if platform == "cpu":
+        sums = contract.dscale_cpu_order(terms)
+    else:
+        chunk = 16 // max(dy.dtype.itemsize, q.dtype.itemsize)
+        sums = contract.dscale_cuda_order(terms, chunk)
+    return sums.astype(got_dtype)
+
+
+def _check_dscale_order(platform, device, shape, dtypes, with_zero_point, seed):
+    q_dtype, scale_dtype, out_dtype = dtypes
+    rng = np.random.default_rng(seed)
+    q = _levels(rng, q_dtype, shape)
+    scale = rng.uniform(0.5, 2.0, size=shape[:-1]).astype(scale_dtype)
+    zero_point = rng.integers(-3, 4, size=shape[:-1]).astype(np.int32) if with_zero_point else None
+    dy = rng.standard_normal(shape).astype(out_dtype)
+    if shape[0] > 1 and shape[1] > 2:
+        # Infinities of both signs in one row: where they meet decides between inf and NaN.
+        dy[0, :: max(shape[1] // 3, 1)] = np.inf
+        dy[0, 1] = -np.inf
+    args = _put(device, q, scale, zero_point, dy)
+    with jax.default_device(device):
+        got = np.asarray(_vjp(jdq.dequantize_per_token, *args, np.dtype(out_dtype))[1])
+    want = _dscale_in_documented_order(platform, q, zero_point, dy, scale_dtype, got.dtype)
+    assert_bitwise_equal(got, want, f"dscale of {shape} {dtypes} on {platform}")
+
+
+@pytest.mark.parametrize("dtypes", ORDER_DTYPES, ids=lambda d: "-".join(d))
+@pytest.mark.parametrize(
+    "shape",
+    # One term; less than a chunk; odd D (rows cut at both ends); 1 to 256 lanes per row with
+    # whole chunks; one batch per lane; two; a float32 row of 2049 chunks (eight-chunk batches
+    # and one more); an odd D of a block per row.
+    [(3, 1), (4, 7), (5, 37), (6, 64), (2, 1000), (3, 4096), (2, 8192), (1, 16384), (3, 8196),
+     (2, 8195)],
+)
+def test_dscale_bits_follow_the_kernels_documented_order(platform, device, shape, dtypes):
+    """Each kernel's dscale is its documented summation order (tests/numpy_contract.py) bit for
+    bit, whichever kernel or launch shape runs the row, zero points or not."""
+    _check_dscale_order(platform, device, shape, dtypes, with_zero_point=shape[1] % 2 == 0,
+                        seed=shape[1])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.integers(1, 9),
+    cols=st.one_of(st.integers(1, 300), st.sampled_from([512, 2048, 4096, 8192, 8200])),
+    dtypes=st.sampled_from(ORDER_DTYPES),
+    with_zero_point=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_dscale_bits_follow_the_kernels_documented_order(
+    platform, device, rows, cols, dtypes, with_zero_point, seed
+):
+    """As above, on random shapes and data."""
+    _check_dscale_order(platform, device, (rows, cols), dtypes, with_zero_point, seed)
 
 
 # --- forward mode and second order ---------------------------------------------------------------
