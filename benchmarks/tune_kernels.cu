@@ -243,9 +243,10 @@ void SweepDynamic(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
 // launcher with a launch shape (DscaleAlignedKernel on these aligned shapes),
 // and the general kernel, the fallback for unaligned rows, with the library's
 // groups (label "general"). kSpread: the launcher's smaller blocks over a few
-// rows (label "fixed" without).
+// rows (label "fixed" without). kOneBatchLayouts: rows of one batch per lane
+// run the compiled OneBatchPerLane layouts (label "runtime-layout" without).
 template <typename OutT, int kBatch, int kMinBlocks, int kBlockThreads, bool kGeneral = false,
-          bool kSpread = true>
+          bool kSpread = true, bool kOneBatchLayouts = true>
 void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, double bytes,
                   int64_t chunks_per_lane, cudaStream_t stream) {
   jdq::DequantizeGradProblem p{};
@@ -262,16 +263,17 @@ void SweepGradOne(const char* name, Buffers& buf, int64_t rows, int64_t cols, do
     const std::string error =
         kGeneral ? jdq::cuda::LaunchGrad<int8_t, float, OutT, false, true, Shape>(
                        p, stream, chunks_per_lane)
-                 : jdq::cuda::LaunchDscale<int8_t, float, OutT, Shape>(p, stream, chunks_per_lane,
-                                                                      kSpread);
+                 : jdq::cuda::LaunchDscale<int8_t, float, OutT, Shape>(
+                       p, stream, chunks_per_lane, kSpread, kOneBatchLayouts);
     if (!error.empty()) {
       std::fprintf(stderr, "%s\n", error.c_str());
       std::exit(1);
     }
   });
   char config[64];
-  std::snprintf(config, sizeof config, "%s b%d lane%lld batch%d min%d",
-                kGeneral ? "general" : (kSpread ? "aligned" : "fixed"), kBlockThreads,
+  std::snprintf(config, sizeof config, "%s%s b%d lane%lld batch%d min%d",
+                kGeneral ? "general" : (kSpread ? "aligned" : "fixed"),
+                kGeneral || kOneBatchLayouts ? "" : " runtime-layout", kBlockThreads,
                 static_cast<long long>(chunks_per_lane), kBatch, kMinBlocks);
   Report(name, config, rows, cols, bytes, us);
 }
@@ -283,8 +285,10 @@ void SweepGrad(const char* name, Buffers& buf, int64_t rows, int64_t cols, doubl
                                                                        bytes, 4, stream);
   // The library's (float32 dy in lanes of eight chunks or more: the batch8 line).
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
+  SweepGradOne<OutT, 4, 4, 256, false, true, false>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 4, 4, 256, false, false>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 8, 4, 256>(name, buf, rows, cols, bytes, 4, stream);
+  SweepGradOne<OutT, 8, 4, 256, false, true, false>(name, buf, rows, cols, bytes, 4, stream);
   SweepGradOne<OutT, 2, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 4, 4, 256>(name, buf, rows, cols, bytes, 2, stream);
   SweepGradOne<OutT, 4, 2, 512>(name, buf, rows, cols, bytes, 4, stream);

@@ -33,7 +33,12 @@
 // The dscale pass alone over rows of whole chunks with 16-byte aligned
 // buffers (the common case: integer q, D a multiple of kVec) runs
 // DscaleAlignedKernel: the same groups and order without the head, tail and
-// element paths, so each block issues its loads right after it starts.
+// element paths, so each block issues its loads right after it starts. Rows of
+// exactly one batch of chunks per lane (integer q, 32 to 256 lanes: D a power
+// of two from 1024 bfloat16 or 512 float32 elements up) run it with the
+// layout fixed at compile time (OneBatchPerLane): no loop, and the loads'
+// offsets from the lane's first chunk are constants. The tests check every
+// path's bits against this order emulated in NumPy (tests/numpy_contract.py).
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -314,6 +319,28 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
   }
 }
 
+// How a row of DscaleAlignedKernel is laid out: its lanes (a group of
+// 2^GroupLog2() threads) and its chunks. RuntimeRowLayout reads both from
+// the kernel's arguments; OneBatchPerLane fixes them at compile time for rows
+// of exactly kBatch chunks per lane (D a power of two: the common decode
+// rows), so every load's offset from the lane's first chunk is an immediate
+// and the batch loop and its bounds checks fold away.
+template <typename Index>
+struct RuntimeRowLayout {
+  Index chunks;  // per row
+  int group_log2;
+  __device__ __forceinline__ Index Chunks() const { return chunks; }
+  __device__ __forceinline__ int GroupLog2() const { return group_log2; }
+};
+
+template <int kGroupLog2, int kBatch>
+struct OneBatchPerLane {
+  __device__ __forceinline__ static constexpr uint32_t Chunks() {
+    return uint32_t{kBatch} << kGroupLog2;
+  }
+  __device__ __forceinline__ static constexpr int GroupLog2() { return kGroupLog2; }
+};
+
 // The dscale pass alone over rows that are whole chunks (cols a multiple of
 // kVec, 16-byte aligned buffers): the order of DequantizeGradKernel without
 // its head, tail and element paths, so a block issues its first loads right
@@ -326,17 +353,20 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
 // else int64_t.
 // kZeroPoint: zero_point is given. Without one, level - 0 is the level itself
 // (bit for bit), so the subtraction is left out.
+// Layout: RuntimeRowLayout<Index> or OneBatchPerLane (same order, same bits).
 template <typename QT, typename ScaleT, typename OutT, int kBatch, int kMinBlocks,
-          int kBlockThreads, typename Index, bool kZeroPoint>
+          int kBlockThreads, typename Index, bool kZeroPoint, typename Layout>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks)
     DscaleAlignedKernel(const OutT* __restrict__ dy, const QT* __restrict__ q,
                         const int32_t* __restrict__ zero_point, ScaleT* __restrict__ dscale,
-                        Index rows, Index chunks_per_row, int group_log2) {
+                        Index rows, Layout layout) {
   using C = ComputeType<ScaleT, OutT>;
   constexpr int kVec = kChunkElements<QT, OutT>;
   using GradPack = Pack<OutT, kVec>;
   using LevelPack = Pack<QT, kVec>;
   __shared__ C shared[kBlockThreads / kWarp];
+  const int group_log2 = layout.GroupLog2();
+  const Index chunks_per_row = layout.Chunks();
   const Index group = Index{1} << group_log2;
   const Index lane = threadIdx.x & (group - 1);
   const Index row = static_cast<Index>(blockIdx.x) * (blockDim.x >> group_log2) +
@@ -486,12 +516,33 @@ int DscaleBlockThreads(int64_t rows, int group, int block) {
   return threads;
 }
 
+// Launches `launch(uint32_t{}, OneBatchPerLane<group_log2, kBatch>{})` if
+// that layout is compiled: groups of 32 to 256 lanes (only 256 for batches of
+// more than kChunksPerLane chunks, which smaller groups never get from
+// GroupSize). Returns whether it launched. (Integer q only: the common case,
+// and a bound on the number of kernels.)
+template <int kBatch, int kGroupLog2 = (kBatch > kChunksPerLane ? 8 : 5), typename Launch>
+bool LaunchOneBatchPerLane(int group_log2, Launch& launch) {
+  if constexpr (kGroupLog2 > 8) {
+    return false;
+  } else {
+    if (group_log2 != kGroupLog2) {
+      return LaunchOneBatchPerLane<kBatch, kGroupLog2 + 1>(group_log2, launch);
+    }
+    launch(uint32_t{}, OneBatchPerLane<kGroupLog2, kBatch>{});
+    return true;
+  }
+}
+
 // The dscale pass alone: DscaleAlignedKernel where rows are whole aligned
 // chunks, else DequantizeGradKernel with the same groups (the same order).
 // `spread_rows`: blocks of DscaleBlockThreads (else always Shape::block).
+// `one_batch_layouts`: rows of one batch per lane run the OneBatchPerLane
+// kernels (else the run-time layout's; the same bits).
 template <typename QT, typename ScaleT, typename OutT, typename Shape>
 std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
-                         int64_t chunks_per_lane, bool spread_rows = true) {
+                         int64_t chunks_per_lane, bool spread_rows = true,
+                         bool one_batch_layouts = true) {
   constexpr int kVec = kChunkElements<QT, OutT>;
   const int group = GroupSize(p.cols, kVec, chunks_per_lane, Shape::block);
   const int threads =
@@ -505,24 +556,31 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
                       GradShape<kGradBatch<QT, OutT>, kFallbackMinBlocks, Shape::block>>(
         p, stream, chunks_per_lane);
   }
-  auto launch = [&](auto index_tag) {
+  auto launch = [&](auto index_tag, auto layout) {
     using Index = decltype(index_tag);
+    using Layout = decltype(layout);
     auto kernel = p.zero_point != nullptr
                       ? DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks,
-                                            Shape::block, Index, true>
+                                            Shape::block, Index, true, Layout>
                       : DscaleAlignedKernel<QT, ScaleT, OutT, Shape::batch, Shape::min_blocks,
-                                            Shape::block, Index, false>;
+                                            Shape::block, Index, false, Layout>;
     kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         static_cast<const OutT*>(p.dy), static_cast<const QT*>(p.q), p.zero_point,
-        static_cast<ScaleT*>(p.dscale), static_cast<Index>(p.rows),
-        static_cast<Index>(p.cols / kVec), Log2(group));
+        static_cast<ScaleT*>(p.dscale), static_cast<Index>(p.rows), layout);
   };
+  const int64_t chunks = p.cols / kVec;
   // 32-bit chunk numbers while the arrays have fewer than 2^31 chunks (a
   // lane's numbers run at most a batch of its group past its row's end).
-  if (p.rows * (p.cols / kVec) < (int64_t{1} << 31)) {
-    launch(uint32_t{});
+  if (p.rows * chunks < (int64_t{1} << 31)) {
+    if constexpr (std::is_integral_v<QT>) {
+      if (one_batch_layouts && chunks == int64_t{Shape::batch} * group &&
+          LaunchOneBatchPerLane<Shape::batch>(Log2(group), launch)) {
+        return LaunchStatus("dequantize_per_token backward (dscale)");
+      }
+    }
+    launch(uint32_t{}, RuntimeRowLayout<uint32_t>{static_cast<uint32_t>(chunks), Log2(group)});
   } else {
-    launch(int64_t{});
+    launch(int64_t{}, RuntimeRowLayout<int64_t>{chunks, Log2(group)});
   }
   return LaunchStatus("dequantize_per_token backward (dscale)");
 }
@@ -537,6 +595,10 @@ std::string LaunchDscale(const DequantizeGradProblem& p, cudaStream_t stream,
 // 4096x4096, 1.51 us at 16x4096 (1.65 in 256-thread blocks), 1.42 us at
 // 1x4096; 512- and 1024-thread blocks (more lanes per row) and two chunks
 // per lane were no faster (nor, in earlier sweeps, 6 or 8 blocks per SM).
+// Rows of one batch per lane in the OneBatchPerLane layout (session 9, same
+// sweep): 1.31 against 1.41 us at 1x4096, 1.40 against 1.50 at 16x4096, 1.48
+// against 1.56 at 1x8192, 11.33 against 11.85 at 4096x4096; float32 dy in
+// eight-chunk batches 1.52 against 1.62 at 1x8192.
 //
 // Float32 dy with integer q, lanes of eight chunks or more (rows of 8192 and
 // more: 256 lanes, capped): eight chunks loaded at once, which keeps the

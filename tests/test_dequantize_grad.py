@@ -472,7 +472,9 @@ def test_dscale_bits_follow_the_kernels_documented_order(platform, device, shape
                         seed=shape[1])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     rows=st.integers(1, 9),
     cols=st.one_of(st.integers(1, 300), st.sampled_from([512, 2048, 4096, 8192, 8200])),
