@@ -456,20 +456,23 @@ def _check_dscale_order(platform, device, shape, dtypes, with_zero_point, seed):
     assert_bitwise_equal(got, want, f"dscale of {shape} {dtypes} on {platform}")
 
 
+@pytest.mark.parametrize("with_zero_point", [False, True], ids=["symmetric", "zero_point"])
 @pytest.mark.parametrize("dtypes", ORDER_DTYPES, ids=lambda d: "-".join(d))
 @pytest.mark.parametrize(
     "shape",
-    # One term; less than a chunk; odd D (rows cut at both ends); 1 to 256 lanes per row with
-    # whole chunks; one batch per lane; two; a float32 row of 2049 chunks (eight-chunk batches
-    # and one more); an odd D of a block per row.
-    [(3, 1), (4, 7), (5, 37), (6, 64), (2, 1000), (3, 4096), (2, 8192), (1, 16384), (3, 8196),
-     (2, 8195)],
+    # One term; less than a chunk; odd D (rows cut at both ends); whole chunks in 2 lanes and in
+    # 125 chunks; one batch per lane in 32 to 256 lanes (the CUDA kernels' compiled layouts);
+    # two batches; a float32 row of 2049 chunks (eight-chunk batches and one more); an odd D of
+    # a block per row.
+    [(3, 1), (4, 7), (5, 37), (6, 64), (2, 1000), (2, 1024), (3, 2048), (3, 4096), (2, 8192),
+     (1, 16384), (3, 8196), (2, 8195)],
 )
-def test_dscale_bits_follow_the_kernels_documented_order(platform, device, shape, dtypes):
+def test_dscale_bits_follow_the_kernels_documented_order(
+    platform, device, shape, dtypes, with_zero_point
+):
     """Each kernel's dscale is its documented summation order (tests/numpy_contract.py) bit for
     bit, whichever kernel or launch shape runs the row, zero points or not."""
-    _check_dscale_order(platform, device, shape, dtypes, with_zero_point=shape[1] % 2 == 0,
-                        seed=shape[1])
+    _check_dscale_order(platform, device, shape, dtypes, with_zero_point, seed=shape[1])
 
 
 @settings(
