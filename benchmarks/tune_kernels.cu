@@ -138,24 +138,28 @@ void Report(const char* op, const char* config, int64_t rows, int64_t cols, doub
 }
 
 // kVec: elements per vector (default: 16 bytes of the wider array; 1 is the
-// library's launch for tiny arrays).
+// library's launch for tiny arrays). Divider: SingleRow is the library's for
+// one row element by element (label "single-row").
 template <typename Op, int kUnroll, int kBlock,
-          int kVec = jdq::cuda::RowwiseVectorElements<typename Op::In, typename Op::Out>()>
+          int kVec = jdq::cuda::RowwiseVectorElements<typename Op::In, typename Op::Out>(),
+          typename Divider = jdq::cuda::RowDivider<uint32_t>>
 void SweepOne(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
               cudaStream_t stream) {
   using namespace jdq::cuda;
   const double us = TimeUs(stream, [&] {
-    LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true>(op, rows * cols, cols,
-                                                                     stream);
+    LaunchRowwiseMapKernel<Op, uint32_t, kVec, kUnroll, kBlock, true, Divider>(op, rows * cols,
+                                                                              cols, stream);
   });
   char config[64];
-  std::snprintf(config, sizeof config, "vec%d unroll%d block%d", kVec, kUnroll, kBlock);
+  std::snprintf(config, sizeof config, "vec%d unroll%d block%d%s", kVec, kUnroll, kBlock,
+                std::is_same_v<Divider, SingleRow> ? " single-row" : "");
   Report(name, config, rows, cols, bytes, us);
 }
 
 template <typename Op>
 void SweepRowwise(const char* name, Op op, int64_t rows, int64_t cols, double bytes,
                   cudaStream_t stream) {
+  if (rows == 1) SweepOne<Op, 1, 256, 1, jdq::cuda::SingleRow>(name, op, rows, cols, bytes, stream);
   if (rows * cols <= 64 * 8192) {  // decode shapes: one vector per thread, block sizes
     SweepOne<Op, 1, 64, 1>(name, op, rows, cols, bytes, stream);
     SweepOne<Op, 1, 128, 1>(name, op, rows, cols, bytes, stream);
