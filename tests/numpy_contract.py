@@ -112,15 +112,6 @@ def quantize_dynamic(x, dtype, symmetric: bool, scale_dtype):
 # for one, whatever launch shape or kernel variant runs a row.
 
 
-def dscale_terms(dy, q, zero_point, compute) -> np.ndarray:
-    """The rounded terms ``C(dy) * (C(q) - C(zp))`` of each row's sum, in C."""
-    dy = np.asarray(dy).astype(compute)
-    levels = np.asarray(q).astype(compute)
-    if zero_point is not None:
-        levels = levels - np.asarray(zero_point).astype(compute)[:, None]
-    return dy * levels
-
-
 def _empty_sum(cols: int, compute) -> np.ndarray:
     # Both kernels start a sum of one term from -0 (-0 + t == t), all others from +0.
     return compute.type(-0.0) if cols == 1 else compute.type(0.0)
@@ -130,7 +121,7 @@ def dscale_cpu_order(terms: np.ndarray) -> np.ndarray:
     """Row sums in the C++ CPU kernel's order: column d into lane d % 16, then a lane tree.
 
     Args:
-        terms: ``[rows, cols]`` terms in C (:func:`dscale_terms`).
+        terms: ``[rows, cols]`` rounded terms ``C(dy) * (C(q) - C(zp))`` in C.
 
     Returns:
         ``[rows]`` sums in C, before rounding to the cotangent's dtype.
@@ -169,7 +160,7 @@ def dscale_cuda_order(terms: np.ndarray, chunk: int) -> np.ndarray:
     (offsets 16, 8, ..., 1, or G/2, ..., 1 for G < 32), then the warps' sums in warp order.
 
     Args:
-        terms: ``[rows, cols]`` terms in C (:func:`dscale_terms`).
+        terms: ``[rows, cols]`` rounded terms ``C(dy) * (C(q) - C(zp))`` in C.
         chunk: elements per chunk: 16 bytes of the wider of dy and q.
 
     Returns:

@@ -427,9 +427,7 @@ ORDER_DTYPES = [
 
 
 def _dscale_in_documented_order(platform, q, zero_point, dy, scale_dtype, got_dtype):
-    compute = np.dtype(np.float64) if np.float64 in (np.dtype(scale_dtype), dy.dtype) else (
-        np.dtype(np.float32))
-    terms = contract.dscale_terms(dy, q, zero_point, compute)
+    terms = _terms(q, zero_point, dy, _compute(scale_dtype, dy.dtype))
     if platform == "cpu":
         sums = contract.dscale_cpu_order(terms)
     else:
