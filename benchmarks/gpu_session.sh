@@ -82,8 +82,11 @@ PYTEST_RC=skipped
 if ((BUILD_RC == 0)) && wants tests; then
   # From /tmp, so that the installed package is imported, not the source tree.
   # Several pytest workers share the GPU: none may preallocate most of its memory.
+  # The tests keep 230 s for the steps after them only when one of those is wanted.
+  TESTS_RESERVE=10
+  { wants tune || wants bench || wants ncu; } && TESTS_RESERVE=230
   (cd /tmp && JAX_DEQUANT_REQUIRE_GPU=1 XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    timeout "$(cap 270 230)" "$PY" -m pytest -p no:cacheprovider \
+    timeout "$(cap 270 $TESTS_RESERVE)" "$PY" -m pytest -p no:cacheprovider \
     ${JDQ_PYTEST_ARGS:--q -n 4} "$ROOT/tests" >"$OUT/pytest.log" 2>&1)
   PYTEST_RC=$?
   grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -n 30
